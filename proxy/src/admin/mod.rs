@@ -1,0 +1,159 @@
+//! The admin server (loopback only): Envoy's endpoint names and formats where it matters.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::telemetry::stats::metrics;
+
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=UTF-8", body)
+}
+
+fn json_reply(v: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default())
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let post = req.method() == Method::POST;
+    match (req.uri().path(), post) {
+        ("/ready", _) => match app.state() {
+            "LIVE" => text(StatusCode::OK, "LIVE\n"),
+            s => text(StatusCode::SERVICE_UNAVAILABLE, format!("{s}\n")),
+        },
+        ("/stats/prometheus", _) => {
+            reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics().render())
+        }
+        ("/config_dump", false) => json_reply(config_dump(app)),
+        ("/listeners", false) => listeners(app, query_param(&req, "format") == Some("json")),
+        ("/clusters", false) => clusters(app),
+        ("/server_info", false) => {
+            let snap = app.live.load();
+            json_reply(json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "state": app.state(),
+                "uptime_current_epoch": format!("{}s", app.started.elapsed().as_secs()),
+                "node": {"id": snap.node_id, "cluster": snap.node_cluster},
+                "command_line_options": {"concurrency": app.concurrency},
+            }))
+        }
+        ("/logging", true) => match query_param(&req, "level") {
+            Some(level) => match app.set_log_level(level) {
+                Ok(()) => text(StatusCode::OK, format!("log level set to {level}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            None => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<trace|debug|info|warn|error>\n"),
+        },
+        ("/drain_listeners", true) => {
+            app.drain_listeners();
+            text(StatusCode::OK, "OK\n")
+        }
+        ("/quitquitquit", true) => {
+            app.quit();
+            text(StatusCode::OK, "OK\n")
+        }
+        ("/logging" | "/drain_listeners" | "/quitquitquit", false) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "this endpoint needs POST\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin commands: /ready /config_dump /listeners /clusters /server_info /stats/prometheus \
+             POST /logging?level= POST /drain_listeners POST /quitquitquit\n",
+        ),
+    }
+}
+
+fn config_dump(app: &App) -> serde_json::Value {
+    let snap = app.live.load();
+    let b = &snap.dump;
+    let updated = &app.loaded_at;
+    let listeners: Vec<_> = b["staticResources"]["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| json!({"listener": l, "last_updated": updated}))
+        .collect();
+    let clusters: Vec<_> = b["staticResources"]["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"cluster": c, "last_updated": updated}))
+        .collect();
+    json!({"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": b, "last_updated": updated},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snap.version.to_string(), "static_listeners": listeners},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snap.version.to_string(), "static_clusters": clusters},
+    ]})
+}
+
+fn listeners(app: &App, as_json: bool) -> Response<Full<Bytes>> {
+    let bound: Vec<(String, SocketAddr)> = app.bound.clone();
+    if as_json {
+        let list: Vec<_> = bound
+            .iter()
+            .map(|(n, a)| {
+                json!({"name": n, "local_address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}})
+            })
+            .collect();
+        return json_reply(json!({"listener_statuses": list}));
+    }
+    text(StatusCode::OK, bound.iter().map(|(n, a)| format!("{n}::{a}\n")).collect::<String>())
+}
+
+fn clusters(app: &App) -> Response<Full<Bytes>> {
+    let snap = app.live.load();
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for n in names {
+        let c = &snap.clusters[n];
+        for e in c.endpoints.load().list.iter() {
+            let a = e.addr;
+            out.push_str(&format!("{n}::{a}::weight::{}\n", e.weight));
+            out.push_str(&format!(
+                "{n}::{a}::rq_active::{}\n",
+                e.active_requests.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+            out.push_str(&format!("{n}::{a}::health_flags::healthy\n"));
+        }
+    }
+    text(StatusCode::OK, out)
+}

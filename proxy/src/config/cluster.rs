@@ -1,0 +1,59 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryType {
+    Static,
+    StrictDns,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest { choice_count: u32 },
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// `use_downstream_protocol_config`: the same protocol the client spoke.
+    Downstream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointConfig {
+    Ip {
+        addr: SocketAddr,
+        weight: u32,
+    },
+    /// STRICT_DNS: resolved now and every `dns_refresh_rate`.
+    Dns {
+        host: String,
+        port: u16,
+        weight: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub discovery: DiscoveryType,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub endpoints: Vec<EndpointConfig>,
+    pub dns_refresh: Duration,
+    pub dns_family: DnsFamily,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsFamily {
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}

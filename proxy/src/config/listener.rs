@@ -1,0 +1,99 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::route::RouteTable;
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `ipv4_compat` on an IPv6 any-address: accept IPv4 too.
+    pub dual_stack: bool,
+    /// The tls_inspector listener filter is configured: peek for SNI/ALPN.
+    pub tls_inspector: bool,
+    pub filter_chains: Vec<FilterChainConfig>,
+    pub default_filter_chain: Option<FilterChainConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterChainConfig {
+    pub name: String,
+    pub matcher: ChainMatch,
+    pub filter: NetworkFilter,
+}
+
+/// `FilterChainMatch`, the subset Outrigger implements. Empty means "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainMatch {
+    pub destination_port: Option<u16>,
+    /// Lower-cased; `*.example.com` wildcards allowed.
+    pub server_names: Vec<String>,
+    pub transport_protocol: Option<String>,
+    pub application_protocols: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum NetworkFilter {
+    TcpProxy(Arc<TcpProxyConfig>),
+    Http(Arc<HttpConnManagerConfig>),
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpProxyConfig {
+    pub stat_prefix: String,
+    /// (cluster, weight); a single cluster has weight 1.
+    pub clusters: Vec<(String, u32)>,
+    pub idle_timeout: Option<Duration>,
+    pub access_log: Vec<AccessLogSink>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerHeader {
+    Overwrite(String),
+    AppendIfAbsent(String),
+    PassThrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeKind {
+    WebSocket,
+    Connect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    Stdout,
+    Stderr,
+    File(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConnManagerConfig {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: Arc<RouteTable>,
+    pub server_header: ServerHeader,
+    pub use_remote_address: bool,
+    pub skip_xff_append: bool,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub max_request_headers_bytes: usize,
+    pub max_headers_count: usize,
+    pub idle_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    /// Upgrade types (lower-case) that are allowed, e.g. "websocket"; CONNECT separately.
+    pub upgrades: Vec<String>,
+    pub allow_connect: bool,
+    pub access_log: Vec<AccessLogSink>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_initial_stream_window: Option<u32>,
+    pub h2_initial_connection_window: Option<u32>,
+}

@@ -1,0 +1,28 @@
+//! Runtime configuration: plain Rust types compiled from Envoy resources. No protobuf here.
+pub mod cluster;
+pub mod listener;
+pub mod route;
+
+use std::net::SocketAddr;
+
+pub use cluster::{ClusterConfig, DiscoveryType, EndpointConfig, LbPolicy, UpstreamProtocol};
+pub use listener::{
+    AccessLogSink, ChainMatch, Codec, FilterChainConfig, HttpConnManagerConfig, ListenerConfig, NetworkFilter,
+    ServerHeader, TcpProxyConfig, UpgradeKind,
+};
+pub use route::{
+    Action, DomainMatcher, HeaderMatch, PathMatch, QueryMatch, Redirect, Route, RouteAction, RouteTable, StringMatch,
+    VirtualHost, WeightedTarget,
+};
+
+/// Everything the bootstrap file asks for, compiled.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub node_id: String,
+    pub node_cluster: String,
+    pub admin: Option<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: Vec<ClusterConfig>,
+    /// The loaded resources as proto3 JSON, for `/config_dump`.
+    pub dump: serde_json::Value,
+}

@@ -1,0 +1,108 @@
+//! The response body handed to the downstream codec: either the upstream's body, streamed, or a
+//! local body. The upstream variant carries a guard that returns the HTTP/1.1 connection to its
+//! pool only once the body has been read to the end (a half-read connection is never reused).
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::upstream::PoolReturn;
+use crate::upstream::Endpoint;
+
+pub enum ProxyBody {
+    Upstream { body: Incoming, done: Option<StreamDone> },
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+        let b = b.into();
+        ProxyBody::Full(if b.is_empty() { None } else { Some(b) })
+    }
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Full(None)
+    }
+}
+
+/// Work to do when the upstream response has been fully relayed (or abandoned).
+pub struct StreamDone {
+    pub pool: Option<PoolReturn>,
+    pub endpoint: Option<Arc<Endpoint>>,
+    pub log: Option<Box<super::router::LogRecord>>,
+    pub bytes_sent: u64,
+    pub complete: bool,
+}
+
+impl Drop for StreamDone {
+    fn drop(&mut self) {
+        if let Some(e) = &self.endpoint {
+            e.active_requests.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.complete {
+            if let Some(p) = self.pool.take() {
+                p.give_back();
+            }
+        }
+        if let Some(mut log) = self.log.take() {
+            log.finish(self.bytes_sent, !self.complete);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream { body, done } => {
+                let r = Pin::new(&mut *body).poll_frame(cx);
+                if let Some(d) = done.as_mut() {
+                    match &r {
+                        Poll::Ready(Some(Ok(f))) => {
+                            if let Some(data) = f.data_ref() {
+                                d.bytes_sent += data.len() as u64;
+                            }
+                            if body_is_end(body) {
+                                d.complete = true;
+                                done.take();
+                            }
+                        }
+                        Poll::Ready(None) => {
+                            d.complete = true;
+                            done.take();
+                        }
+                        Poll::Ready(Some(Err(_))) => {
+                            done.take();
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+fn body_is_end(b: &Incoming) -> bool {
+    b.is_end_stream()
+}

@@ -1,0 +1,62 @@
+//! The HTTP connection manager: runs the downstream codec (HTTP/1.1, HTTP/2 by prior knowledge, or
+//! either by sniffing the preface) on one accepted connection and hands each request to the router.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::router::{self, ConnCtx};
+use crate::config::Codec;
+use crate::drain::Drain;
+use crate::snapshot::{HttpManager, Snapshot};
+
+pub async fn serve<IO>(io: IO, peer: SocketAddr, snapshot: Arc<Snapshot>, hcm: Arc<HttpManager>, drain: Drain)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = hcm.config.clone();
+    hcm.stats.cx.inc();
+    hcm.stats.cx_active.inc();
+    let ctx = Arc::new(ConnCtx { snapshot, hcm: hcm.clone(), peer, tls: false });
+    let svc = service_fn(move |req| router::handle(ctx.clone(), req));
+
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(cfg.max_request_headers_bytes.max(8192))
+        .max_headers(cfg.max_headers_count)
+        .header_read_timeout(cfg.request_headers_timeout);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_request_headers_bytes as u32)
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams.or(Some(1024)));
+    if let Some(w) = cfg.h2_initial_stream_window {
+        b.http2().initial_stream_window_size(w);
+    }
+    if let Some(w) = cfg.h2_initial_connection_window {
+        b.http2().initial_connection_window_size(w);
+    }
+    let b = match cfg.codec {
+        Codec::Auto => b,
+        Codec::Http1 => b.http1_only(),
+        Codec::Http2 => b.http2_only(),
+    };
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "downstream connection error");
+            }
+        }
+        _ = drain.signaled() => {
+            // Graceful: HTTP/1.1 finishes the request in flight then closes; HTTP/2 sends GOAWAY.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    hcm.stats.cx_active.dec();
+}

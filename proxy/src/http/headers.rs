@@ -1,0 +1,182 @@
+//! Header rules of a proxy: hop-by-hop removal, x-forwarded-*, x-request-id and `server`.
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::ServerHeader;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
+/// `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for a tunnel being set up.
+pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        if conn.as_bytes().contains(&b',') || !is_simple_connection_token(conn.as_bytes()) {
+            let named: Vec<HeaderName> = conn
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+                .collect();
+            for n in named {
+                if n != header::TE {
+                    h.remove(&n);
+                }
+            }
+        }
+        h.remove(header::CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    h.remove(header::TRAILER);
+    // TE is hop-by-hop, but "trailers" must reach a gRPC upstream.
+    if let Some(te) = h.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            h.remove(header::TE);
+        }
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// `keep-alive` / `close` name no other header, so there is nothing more to strip.
+fn is_simple_connection_token(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+}
+
+/// Envoy's rules: with `use_remote_address`, the peer address is appended to XFF (unless
+/// `skip_xff_append`) and `x-forwarded-proto` is set from the connection; otherwise an existing XFP
+/// is kept and one is only added when absent.
+pub fn forwarded(h: &mut HeaderMap, peer: IpAddr, use_remote_address: bool, skip_xff_append: bool, tls: bool) {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    if use_remote_address {
+        if !skip_xff_append {
+            let peer = peer.to_canonical().to_string();
+            let v = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(prev) if !prev.is_empty() => format!("{prev},{peer}"),
+                _ => peer,
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        h.insert(X_FORWARDED_PROTO.clone(), proto);
+    } else if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), proto);
+    }
+}
+
+/// Generates a UUIDv4 x-request-id when absent (or always, unless external ids are preserved and
+/// the request came from an edge with `use_remote_address`).
+pub fn request_id(h: &mut HeaderMap, generate: bool, preserve_external: bool, edge: bool) -> Option<HeaderValue> {
+    if !generate {
+        return h.get(&X_REQUEST_ID).cloned();
+    }
+    let keep = h.contains_key(&X_REQUEST_ID) && (!edge || preserve_external);
+    if !keep {
+        h.insert(X_REQUEST_ID.clone(), uuid_v4());
+    }
+    h.get(&X_REQUEST_ID).cloned()
+}
+
+pub fn uuid_v4() -> HeaderValue {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = [0u8; 36];
+    let mut j = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s[j] = b'-';
+            j += 1;
+        }
+        s[j] = HEX[(byte >> 4) as usize];
+        s[j + 1] = HEX[(byte & 0xf) as usize];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&s).expect("hex is a valid header value")
+}
+
+pub fn server(h: &mut HeaderMap, rule: &ServerHeader) {
+    match rule {
+        ServerHeader::Overwrite(name) => {
+            if let Ok(v) = HeaderValue::from_str(name) {
+                h.insert(header::SERVER, v);
+            }
+        }
+        ServerHeader::AppendIfAbsent(name) => {
+            if !h.contains_key(header::SERVER) {
+                if let Ok(v) = HeaderValue::from_str(name) {
+                    h.insert(header::SERVER, v);
+                }
+            }
+        }
+        ServerHeader::PassThrough => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn te_trailers_is_kept_for_grpc() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn xff_appends_peer_only_with_use_remote_address() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, false, false);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4,10.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        let mut h = HeaderMap::new();
+        forwarded(&mut h, "10.0.0.1".parse().unwrap(), false, false, false);
+        assert!(h.get("x-forwarded-for").is_none());
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn request_id_is_a_uuid_v4_and_kept_when_internal() {
+        let mut h = HeaderMap::new();
+        let id = request_id(&mut h, true, false, true).unwrap();
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&mut h, true, false, false).unwrap(), "abc");
+        // An edge proxy does not trust an external id unless told to.
+        assert_ne!(request_id(&mut h, true, false, true).unwrap(), "abc");
+    }
+}

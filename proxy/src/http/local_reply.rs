@@ -1,0 +1,87 @@
+//! Responses the proxy makes itself, with Envoy's status codes, bodies and response flags.
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+
+/// Envoy's response flags, as they appear in access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    None,
+    /// UF: upstream connection failure.
+    UpstreamConnectFailure,
+    /// UT: upstream request timeout.
+    UpstreamTimeout,
+    /// NR: no route.
+    NoRoute,
+    /// UH: no healthy upstream.
+    NoHealthyUpstream,
+    /// NC: no cluster.
+    NoCluster,
+    /// UC: upstream connection termination.
+    UpstreamConnectionTermination,
+    /// UR: upstream remote reset.
+    UpstreamReset,
+    /// DC: downstream connection termination.
+    DownstreamTermination,
+    /// DPE: downstream protocol error.
+    DownstreamProtocolError,
+    /// UPE: upstream protocol error.
+    UpstreamProtocolError,
+}
+
+impl Flag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::None => "-",
+            Flag::UpstreamConnectFailure => "UF",
+            Flag::UpstreamTimeout => "UT",
+            Flag::NoRoute => "NR",
+            Flag::NoHealthyUpstream => "UH",
+            Flag::NoCluster => "NC",
+            Flag::UpstreamConnectionTermination => "UC",
+            Flag::UpstreamReset => "UR",
+            Flag::DownstreamTermination => "DC",
+            Flag::DownstreamProtocolError => "DPE",
+            Flag::UpstreamProtocolError => "UPE",
+        }
+    }
+
+    /// The status and body Envoy answers with for this flag.
+    pub fn reply(self) -> (StatusCode, &'static str) {
+        match self {
+            Flag::UpstreamConnectFailure => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            Flag::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            Flag::NoRoute => (StatusCode::NOT_FOUND, ""),
+            Flag::NoHealthyUpstream => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            Flag::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, ""),
+            Flag::UpstreamConnectionTermination => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+            Flag::UpstreamReset => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+            ),
+            Flag::UpstreamProtocolError => (StatusCode::BAD_GATEWAY, "upstream sent an invalid response"),
+            Flag::DownstreamProtocolError => (StatusCode::BAD_REQUEST, "Bad Request"),
+            Flag::None | Flag::DownstreamTermination => (StatusCode::INTERNAL_SERVER_ERROR, ""),
+        }
+    }
+}
+
+pub fn response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    if !body.is_empty() {
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    r
+}
+
+pub fn for_flag(flag: Flag) -> Response<ProxyBody> {
+    let (s, b) = flag.reply();
+    response(s, b)
+}

@@ -1,0 +1,143 @@
+//! Virtual host and route selection, with Envoy's semantics.
+use http::{HeaderMap, Method};
+
+use crate::config::{PathMatch, Route, RouteTable, VirtualHost};
+
+/// The parts of a request that routing looks at.
+pub struct RouteInput<'a> {
+    pub host: &'a str,
+    /// Path without the query string.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+pub fn select<'t>(table: &'t RouteTable, input: &RouteInput<'_>) -> Option<&'t Route> {
+    let vh = virtual_host(table, input.host)?;
+    route(vh, input)
+}
+
+pub fn virtual_host<'t>(table: &'t RouteTable, host: &str) -> Option<&'t VirtualHost> {
+    let d = &table.domains;
+    let lower;
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower = host.to_ascii_lowercase();
+        lower.as_str()
+    } else {
+        host
+    };
+    let idx = d
+        .exact
+        .get(host)
+        .copied()
+        .or_else(|| d.suffixes.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|x| x.1))
+        .or_else(|| d.prefixes.iter().find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str())).map(|x| x.1))
+        .or(d.any)?;
+    table.virtual_hosts.get(idx)
+}
+
+pub fn route<'t>(vh: &'t VirtualHost, input: &RouteInput<'_>) -> Option<&'t Route> {
+    let idx = &vh.index;
+    let path = input.path;
+    // Candidates in config order: the first one that matches completely wins.
+    let mut best: Option<u32> = None;
+    let mut consider = |list: &[u32]| {
+        for &i in list {
+            if best.is_some_and(|b| b <= i) {
+                break;
+            }
+            if full_match(&vh.routes[i as usize], input) {
+                best = Some(i);
+                break;
+            }
+        }
+    };
+    if let Some(l) = idx.exact.get(path) {
+        consider(l);
+    }
+    for &len in &idx.prefix_lens {
+        if len > path.len() {
+            break;
+        }
+        if !path.is_char_boundary(len) {
+            continue;
+        }
+        if let Some(l) = idx.prefix.get(&path[..len]) {
+            consider(l);
+        }
+    }
+    consider(&idx.always);
+    best.map(|i| &vh.routes[i as usize])
+}
+
+fn full_match(r: &Route, input: &RouteInput<'_>) -> bool {
+    let is_connect = input.method == Method::CONNECT;
+    let path_ok = match &r.path {
+        PathMatch::Connect => is_connect,
+        _ if is_connect => false,
+        PathMatch::Prefix(p) => starts_with(input.path, p, r.case_sensitive),
+        PathMatch::Exact(p) => {
+            if r.case_sensitive {
+                input.path == p
+            } else {
+                input.path.eq_ignore_ascii_case(p)
+            }
+        }
+        PathMatch::Separated(p) => {
+            starts_with(input.path, p, r.case_sensitive)
+                && matches!(input.path.as_bytes().get(p.len()), None | Some(b'/'))
+        }
+        PathMatch::Regex(re) => re.is_match(input.path),
+    };
+    if !path_ok {
+        return false;
+    }
+    if r.grpc
+        && !input.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
+        return false;
+    }
+    r.headers.iter().all(|hm| {
+        let values = input.headers.get_all(&hm.name);
+        let mut it = values.iter().peekable();
+        let matched = match &hm.matcher {
+            None => it.peek().is_some() == hm.present,
+            Some(m) => {
+                // Envoy joins repeated headers with ',' before matching.
+                let joined: Option<String> = if values.iter().count() > 1 {
+                    Some(values.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(","))
+                } else {
+                    None
+                };
+                match (joined, values.iter().next()) {
+                    (Some(j), _) => m.matches(&j),
+                    (None, Some(v)) => v.to_str().is_ok_and(|v| m.matches(v)),
+                    (None, None) => false,
+                }
+            }
+        };
+        matched != hm.invert
+    }) && r.query.iter().all(|qm| {
+        let q = input.query.unwrap_or("");
+        let found = q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == qm.name).then_some(v)
+        });
+        match (&qm.matcher, found) {
+            (None, f) => f.is_some(),
+            (Some(m), Some(v)) => m.matches(v),
+            (Some(_), None) => false,
+        }
+    })
+}
+
+fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        path.starts_with(prefix)
+    } else {
+        path.len() >= prefix.len()
+            && path.is_char_boundary(prefix.len())
+            && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+    }
+}

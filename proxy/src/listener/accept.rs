@@ -1,0 +1,77 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{filter_chain, tls_inspector};
+use crate::config::ListenerConfig;
+use crate::drain::Drain;
+use crate::snapshot::{Filter, Snapshot};
+
+/// How long the TLS inspector waits for a ClientHello before treating the stream as plaintext.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds a listener socket once; workers accept on duplicates of it.
+pub fn bind(cfg: &ListenerConfig) -> std::io::Result<std::net::TcpListener> {
+    let domain = if cfg.address.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if cfg.address.is_ipv6() {
+        s.set_only_v6(!cfg.dual_stack)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&cfg.address.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Accepts until drain; each connection runs with the snapshot current at accept time.
+pub async fn run_accept_loop(
+    name: String,
+    socket: std::net::TcpListener,
+    live: Arc<ArcSwap<Snapshot>>,
+    drain: Drain,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(socket)?;
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.signaled() => return Ok(()),
+        };
+        let snapshot = live.load_full();
+        let drain = drain.clone();
+        let name = name.clone();
+        tokio::spawn(async move { handle(stream, peer, &name, snapshot, drain).await });
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, listener: &str, snapshot: Arc<Snapshot>, drain: Drain) {
+    let Some(l) = snapshot.listeners.iter().find(|l| l.config.name == listener).cloned() else { return };
+    let _ = stream.set_nodelay(true);
+    l.stats.cx.inc();
+    l.stats.cx_active.inc();
+    let local = stream.local_addr().unwrap_or(l.config.address);
+    let hello = if l.config.tls_inspector {
+        tls_inspector::peek(&stream, INSPECT_TIMEOUT).await
+    } else {
+        tls_inspector::ClientHello::plaintext()
+    };
+    let chain = filter_chain::select(&l.chains, l.default_chain.as_ref(), local.port(), &hello);
+    match chain.map(|c| c.filter.clone()) {
+        Some(Filter::Http(hcm)) => crate::http::conn_manager::serve(stream, peer, snapshot, hcm, drain).await,
+        Some(Filter::Tcp(tcp)) => crate::tcp_proxy::serve(stream, peer, snapshot, tcp, drain).await,
+        None => tracing::debug!(%peer, listener, "no filter chain matched; closing"),
+    }
+    l.stats.cx_active.dec();
+}

@@ -1,0 +1,6 @@
+//! Listeners: bind, accept, pick the filter chain, hand the connection to its network filter.
+pub mod accept;
+pub mod filter_chain;
+pub mod tls_inspector;
+
+pub use accept::{bind, run_accept_loop};

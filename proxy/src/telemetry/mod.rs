@@ -1,0 +1,2 @@
+pub mod access_log;
+pub mod stats;

@@ -1,0 +1,172 @@
+//! Cluster (with its inline ClusterLoadAssignment) → ClusterConfig.
+use std::net::IpAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType as PbDiscovery, DnsLookupFamily, LbConfig, LbPolicy as PbLb},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    address::Address as AddrKind, socket_address::PortSpecifier, HealthStatus,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
+    HttpProtocolOptions,
+};
+
+use super::{decode_any, duration, ConfigError, Ctx};
+use crate::config::cluster::DnsFamily;
+use crate::config::{ClusterConfig, DiscoveryType, EndpointConfig, LbPolicy, UpstreamProtocol};
+
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+pub fn translate_cluster(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
+    translate_cluster_in(&Ctx::new(format!("cluster \"{}\"", c.name)), c)
+}
+
+pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConfig, ConfigError> {
+    if c.name.is_empty() {
+        return Err(ctx.field("name").err("a cluster needs a name"));
+    }
+    let discovery = match &c.cluster_discovery_type {
+        None => DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(t)) => match PbDiscovery::try_from(*t) {
+            Ok(PbDiscovery::Static) => DiscoveryType::Static,
+            Ok(PbDiscovery::StrictDns) => DiscoveryType::StrictDns,
+            _ => return Err(ctx.field("type").err("only STATIC and STRICT_DNS are supported")),
+        },
+        Some(_) => return Err(ctx.field("cluster_type").err("custom cluster types are not supported")),
+    };
+    let lb = match PbLb::try_from(c.lb_policy) {
+        Ok(PbLb::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(PbLb::Random) => LbPolicy::Random,
+        Ok(PbLb::LeastRequest) => {
+            let choice_count = match &c.lb_config {
+                Some(LbConfig::LeastRequestLbConfig(l)) => l.choice_count.map(|v| v.value).unwrap_or(2),
+                _ => 2,
+            };
+            if choice_count < 2 {
+                return Err(ctx.field("least_request_lb_config.choice_count").err("must be at least 2"));
+            }
+            LbPolicy::LeastRequest { choice_count }
+        }
+        _ => return Err(ctx.field("lb_policy").err("only ROUND_ROBIN, LEAST_REQUEST and RANDOM are supported")),
+    };
+    if matches!(c.lb_config, Some(LbConfig::LeastRequestLbConfig(_))) && !matches!(lb, LbPolicy::LeastRequest { .. }) {
+        return Err(ctx.field("least_request_lb_config").err("only valid with lb_policy LEAST_REQUEST"));
+    }
+    let connect_timeout = duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5));
+    if connect_timeout.is_zero() {
+        return Err(ctx.field("connect_timeout").err("must be greater than 0"));
+    }
+    #[allow(deprecated)]
+    let mut protocol =
+        if c.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+    let mut idle_timeout = Some(Duration::from_secs(3600));
+    for (key, any) in &c.typed_extension_protocol_options {
+        let octx = ctx.field(&format!("typed_extension_protocol_options[{key}]"));
+        if key != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
+            return Err(octx.err(format!("unsupported protocol options \"{key}\"")));
+        }
+        let opts: HttpProtocolOptions = decode_any(&octx, any, HTTP_OPTIONS)?;
+        if let Some(common) = &opts.common_http_protocol_options {
+            if common.idle_timeout.is_some() {
+                idle_timeout = duration(&common.idle_timeout).filter(|d| !d.is_zero());
+            }
+        }
+        match &opts.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    protocol = UpstreamProtocol::Http2;
+                    if h2.max_concurrent_streams.is_some()
+                        || h2.initial_stream_window_size.is_some()
+                        || h2.initial_connection_window_size.is_some()
+                    {
+                        return Err(octx
+                            .field("explicit_http_config.http2_protocol_options")
+                            .err("upstream HTTP/2 tuning is not supported; leave http2_protocol_options empty"));
+                    }
+                }
+                Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
+                _ => return Err(octx.field("explicit_http_config").err("only HTTP/1.1 and HTTP/2 are supported")),
+            },
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => protocol = UpstreamProtocol::Downstream,
+            _ => return Err(octx.err("explicit_http_config or use_downstream_protocol_config is required")),
+        }
+    }
+    #[allow(deprecated)]
+    let dns_refresh = duration(&c.dns_refresh_rate).unwrap_or(Duration::from_secs(5));
+    if dns_refresh < Duration::from_millis(1) {
+        return Err(ctx.field("dns_refresh_rate").err("must be at least 1ms"));
+    }
+    let dns_family = match DnsLookupFamily::try_from(c.dns_lookup_family) {
+        Ok(DnsLookupFamily::Auto) => DnsFamily::Auto,
+        Ok(DnsLookupFamily::V4Only) => DnsFamily::V4Only,
+        Ok(DnsLookupFamily::V6Only) => DnsFamily::V6Only,
+        Ok(DnsLookupFamily::V4Preferred) => DnsFamily::V4Preferred,
+        Ok(DnsLookupFamily::All) => DnsFamily::All,
+        Err(_) => return Err(ctx.field("dns_lookup_family").err("unknown value")),
+    };
+    let mut endpoints = Vec::new();
+    if let Some(la) = &c.load_assignment {
+        let lctx = ctx.field("load_assignment");
+        for (i, le) in la.endpoints.iter().enumerate() {
+            let lectx = lctx.index("endpoints", i);
+            if le.priority != 0 {
+                return Err(lectx.field("priority").err("priorities other than 0 are not supported"));
+            }
+            for (j, lb) in le.lb_endpoints.iter().enumerate() {
+                let ectx = lectx.index("lb_endpoints", j);
+                let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
+                if matches!(health, HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) {
+                    continue;
+                }
+                let weight = lb.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1);
+                if weight == 0 {
+                    return Err(ectx.field("load_balancing_weight").err("must be at least 1"));
+                }
+                let ep = match &lb.host_identifier {
+                    Some(HostIdentifier::Endpoint(e)) => e,
+                    _ => return Err(ectx.field("endpoint").err("endpoint is required")),
+                };
+                let actx = ectx.field("endpoint.address.socket_address");
+                let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                    Some(AddrKind::SocketAddress(sa)) => sa,
+                    _ => return Err(actx.err("a socket_address is required")),
+                };
+                let port = match sa.port_specifier {
+                    Some(PortSpecifier::PortValue(p)) => u16::try_from(p)
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| actx.field("port_value").err("port out of range"))?,
+                    _ => return Err(actx.field("port_value").err("port_value is required")),
+                };
+                let endpoint = match (sa.address.parse::<IpAddr>(), discovery) {
+                    (Ok(ip), _) => EndpointConfig::Ip { addr: (ip, port).into(), weight },
+                    (Err(_), DiscoveryType::StrictDns) if !sa.address.is_empty() => {
+                        EndpointConfig::Dns { host: sa.address.clone(), port, weight }
+                    }
+                    (Err(_), _) => {
+                        return Err(actx.field("address").err(format!(
+                            "\"{}\" is not an IP address (use type STRICT_DNS for host names)",
+                            sa.address
+                        )))
+                    }
+                };
+                endpoints.push(endpoint);
+            }
+        }
+    }
+    Ok(ClusterConfig {
+        name: c.name.clone(),
+        discovery,
+        lb,
+        connect_timeout,
+        protocol,
+        endpoints,
+        dns_refresh,
+        dns_family,
+        idle_timeout,
+    })
+}

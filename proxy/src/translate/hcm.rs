@@ -1,0 +1,139 @@
+//! HttpConnectionManager → HttpConnManagerConfig.
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::accesslog::v3::{access_log::ConfigType as AlConfig, AccessLog};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation},
+    http_filter::ConfigType as HfConfig,
+    HttpConnectionManager,
+};
+
+use super::{decode_any, duration, route::translate_route_config_in, ConfigError, Ctx};
+use crate::config::{AccessLogSink, Codec, HttpConnManagerConfig, ServerHeader};
+
+const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
+const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<HttpConnManagerConfig, ConfigError> {
+    if h.stat_prefix.is_empty() {
+        return Err(ctx.field("stat_prefix").err("stat_prefix is required"));
+    }
+    let codec = match CodecType::try_from(h.codec_type) {
+        Ok(CodecType::Auto) => Codec::Auto,
+        Ok(CodecType::Http1) => Codec::Http1,
+        Ok(CodecType::Http2) => Codec::Http2,
+        _ => return Err(ctx.field("codec_type").err("only AUTO, HTTP1 and HTTP2 are supported")),
+    };
+    let routes = match &h.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => Arc::new(translate_route_config_in(&ctx.field("route_config"), rc)?),
+        Some(RouteSpecifier::Rds(_)) => {
+            return Err(ctx.field("rds").err("RDS needs dynamic configuration (xDS), not supported yet"))
+        }
+        _ => return Err(ctx.field("route_config").err("an inline route_config is required")),
+    };
+    // The router must be the last (and, for now, only) HTTP filter.
+    if h.http_filters.is_empty() {
+        return Err(ctx.field("http_filters").err("the router filter is required"));
+    }
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let fctx = ctx.index("http_filters", i);
+        let tname = match &f.config_type {
+            Some(HfConfig::TypedConfig(any)) => super::type_name(&any.type_url).to_string(),
+            None if f.name == "envoy.filters.http.router" => ROUTER.to_string(),
+            _ => return Err(fctx.err(format!("filter \"{}\" needs a typed_config", f.name))),
+        };
+        if tname != ROUTER {
+            return Err(fctx.field("typed_config").err(format!("unsupported HTTP filter {tname}")));
+        }
+        if i + 1 != h.http_filters.len() {
+            return Err(fctx.err("the router filter must be the last HTTP filter"));
+        }
+    }
+    let server_name = if h.server_name.is_empty() { "outrigger".to_string() } else { h.server_name.clone() };
+    http::HeaderValue::from_str(&server_name).map_err(|_| ctx.field("server_name").err("invalid header value"))?;
+    let server_header = match ServerHeaderTransformation::try_from(h.server_header_transformation) {
+        Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite(server_name),
+        Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent(server_name),
+        Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
+        Err(_) => return Err(ctx.field("server_header_transformation").err("unknown value")),
+    };
+    let max_kb = h.max_request_headers_kb.as_ref().map(|v| v.value).unwrap_or(60);
+    if !(1..=8192).contains(&max_kb) {
+        return Err(ctx.field("max_request_headers_kb").err("must be between 1 and 8192"));
+    }
+    let common = h.common_http_protocol_options.unwrap_or_default();
+    let max_headers_count = common.max_headers_count.as_ref().map(|v| v.value as usize).unwrap_or(100);
+    let idle_timeout = match &common.idle_timeout {
+        None => Some(std::time::Duration::from_secs(3600)),
+        Some(_) => duration(&common.idle_timeout).filter(|d| !d.is_zero()),
+    };
+    let mut upgrades = Vec::new();
+    let mut allow_connect = false;
+    for (i, u) in h.upgrade_configs.iter().enumerate() {
+        let uctx = ctx.index("upgrade_configs", i);
+        if u.upgrade_type.is_empty() {
+            return Err(uctx.field("upgrade_type").err("upgrade_type is required"));
+        }
+        if !u.filters.is_empty() {
+            return Err(uctx.field("filters").err("per-upgrade filter chains are not supported"));
+        }
+        if u.enabled.as_ref().is_some_and(|e| !e.value) {
+            continue;
+        }
+        if u.upgrade_type.eq_ignore_ascii_case("connect") {
+            allow_connect = true;
+        } else {
+            upgrades.push(u.upgrade_type.to_ascii_lowercase());
+        }
+    }
+    let h2 = h.http2_protocol_options.clone().unwrap_or_default();
+    Ok(HttpConnManagerConfig {
+        stat_prefix: h.stat_prefix.clone(),
+        codec,
+        routes,
+        server_header,
+        use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
+        skip_xff_append: h.skip_xff_append,
+        generate_request_id: h.generate_request_id.as_ref().map(|v| v.value).unwrap_or(true),
+        preserve_external_request_id: h.preserve_external_request_id,
+        max_request_headers_bytes: max_kb as usize * 1024,
+        max_headers_count,
+        idle_timeout,
+        request_headers_timeout: duration(&h.request_headers_timeout).filter(|d| !d.is_zero()),
+        upgrades,
+        allow_connect,
+        access_log: access_logs(&ctx.field("access_log"), &h.access_log)?,
+        h2_max_concurrent_streams: h2.max_concurrent_streams.map(|v| v.value),
+        h2_initial_stream_window: h2.initial_stream_window_size.map(|v| v.value),
+        h2_initial_connection_window: h2.initial_connection_window_size.map(|v| v.value),
+    })
+}
+
+pub(crate) fn access_logs(ctx: &Ctx, logs: &[AccessLog]) -> Result<Vec<AccessLogSink>, ConfigError> {
+    logs.iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let lctx = Ctx { resource: ctx.resource.clone(), path: format!("{}[{i}]", ctx.path) };
+            let any = match &l.config_type {
+                Some(AlConfig::TypedConfig(any)) => any,
+                _ => return Err(lctx.field("typed_config").err("typed_config is required")),
+            };
+            let tctx = lctx.field("typed_config");
+            match super::type_name(&any.type_url) {
+                STDOUT_LOG => Ok(AccessLogSink::Stdout),
+                STDERR_LOG => Ok(AccessLogSink::Stderr),
+                FILE_LOG => {
+                    let f: FileAccessLog = decode_any(&tctx, any, FILE_LOG)?;
+                    if f.path.is_empty() {
+                        return Err(tctx.field("path").err("path is required"));
+                    }
+                    Ok(AccessLogSink::File(f.path))
+                }
+                other => Err(tctx.err(format!("unsupported access logger {other}"))),
+            }
+        })
+        .collect()
+}

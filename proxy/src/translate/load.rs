@@ -1,0 +1,75 @@
+//! Reads an Envoy v3 bootstrap file (YAML or JSON, proto3 JSON mapping) into envoy-types' structs.
+//!
+//! The file is first read into a `prost_reflect::DynamicMessage` against Envoy's descriptor set, so
+//! `@type` on `Any`, wrapper types and `"5s"` durations follow the proto3 JSON mapping exactly; the
+//! strict field check then runs on the dynamic form, and only then is it transcoded into typed structs.
+use std::path::Path;
+use std::sync::OnceLock;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
+
+use super::strict;
+use super::ConfigError;
+
+static ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
+
+/// The descriptor pool is only needed while parsing config; it is built on first use.
+pub fn descriptor_pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(ENVOY_DESCRIPTORS).expect("envoy-types ships a valid descriptor set"))
+}
+
+const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
+
+/// Parses and strictly checks a bootstrap file.
+pub fn load_bootstrap_file(path: &Path) -> Result<Bootstrap, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Io { file: path.display().to_string(), source: e })?;
+    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    parse_bootstrap(&text, is_json).map_err(|e| e.in_file(path))
+}
+
+/// Parses bootstrap text; `is_json` selects the JSON parser (better positions for JSON files).
+pub fn parse_bootstrap(text: &str, is_json: bool) -> Result<Bootstrap, ConfigError> {
+    let pool = descriptor_pool();
+    let desc = pool.get_message_by_name(BOOTSTRAP).expect("bootstrap descriptor");
+    let opts = DeserializeOptions::new().deny_unknown_fields(true);
+    let msg = if is_json {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let msg = DynamicMessage::deserialize_with_options(desc, &mut de, &opts).map_err(|e| ConfigError::Syntax {
+            file: None,
+            line: e.line(),
+            column: e.column(),
+            message: strip_pos(&e.to_string()),
+        })?;
+        de.end().map_err(|e| ConfigError::Syntax {
+            file: None,
+            line: e.line(),
+            column: e.column(),
+            message: strip_pos(&e.to_string()),
+        })?;
+        msg
+    } else {
+        let de = serde_yaml::Deserializer::from_str(text);
+        DynamicMessage::deserialize_with_options(desc, de, &opts).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            ConfigError::Syntax { file: None, line, column, message: strip_pos(&e.to_string()) }
+        })?
+    };
+    strict::check(pool, &msg)?;
+    msg.transcode_to::<Bootstrap>().map_err(|e| ConfigError::Invalid {
+        file: None,
+        resource: "bootstrap".into(),
+        field: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// serde appends " at line X column Y"; we report the position in our own fields.
+fn strip_pos(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}

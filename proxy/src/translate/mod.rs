@@ -1,0 +1,97 @@
+//! Envoy v3 protobufs in, compiled runtime config out. Protobuf types stop here.
+mod cluster;
+mod hcm;
+mod listener;
+mod load;
+mod route;
+mod strict;
+
+use std::path::Path;
+
+pub use cluster::translate_cluster;
+pub use load::{descriptor_pool, load_bootstrap_file, parse_bootstrap};
+pub use route::translate_route_config;
+
+/// A configuration error: names the file, the resource and the field, and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error("{}line {line} column {column}: {message}", file_prefix(file))]
+    Syntax { file: Option<String>, line: usize, column: usize, message: String },
+    #[error("{}{resource}: {}{message}", file_prefix(file), field_prefix(field))]
+    Invalid { file: Option<String>, resource: String, field: String, message: String },
+}
+
+fn file_prefix(f: &Option<String>) -> String {
+    f.as_ref().map(|f| format!("{f}: ")).unwrap_or_default()
+}
+
+fn field_prefix(f: &str) -> String {
+    if f.is_empty() {
+        String::new()
+    } else {
+        format!("field {f}: ")
+    }
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(resource: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { file: None, resource: resource.into(), field: field.into(), message: message.into() }
+    }
+
+    pub fn in_file(mut self, path: &Path) -> Self {
+        let name = path.display().to_string();
+        match &mut self {
+            ConfigError::Syntax { file, .. } | ConfigError::Invalid { file, .. } => *file = Some(name),
+            ConfigError::Io { .. } => {}
+        }
+        self
+    }
+}
+
+/// Errors inside one resource carry the field path relative to it; `Ctx` builds those paths.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) resource: String,
+    pub(crate) path: String,
+}
+
+impl Ctx {
+    pub(crate) fn new(resource: impl Into<String>) -> Self {
+        Ctx { resource: resource.into(), path: String::new() }
+    }
+    pub(crate) fn field(&self, name: &str) -> Ctx {
+        let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
+        Ctx { resource: self.resource.clone(), path }
+    }
+    pub(crate) fn index(&self, name: &str, i: usize) -> Ctx {
+        self.field(&format!("{name}[{i}]"))
+    }
+    pub(crate) fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::invalid(self.resource.clone(), self.path.clone(), message)
+    }
+}
+
+/// Decodes an `Any` whose type URL must be `T`'s.
+pub(crate) fn decode_any<T: prost::Message + Default>(
+    ctx: &Ctx,
+    any: &envoy_types::pb::google::protobuf::Any,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let url = type_name(&any.type_url);
+    if url != expected {
+        return Err(ctx.err(format!("unsupported type {}: expected {expected}", any.type_url)));
+    }
+    T::decode(any.value.as_slice()).map_err(|e| ctx.err(format!("cannot decode {}: {e}", any.type_url)))
+}
+
+pub(crate) fn type_name(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
+pub(crate) fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<std::time::Duration> {
+    d.as_ref().map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+pub use listener::translate_bootstrap;

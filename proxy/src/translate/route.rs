@@ -1,0 +1,280 @@
+//! RouteConfiguration → RouteTable.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher::HeaderMatchSpecifier,
+    query_parameter_matcher::QueryParameterMatchSpecifier,
+    redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier},
+    route::Action as PbAction,
+    route_action::ClusterSpecifier,
+    route_action::HostRewriteSpecifier,
+    route_match::PathSpecifier,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route as PbRoute,
+    RouteAction as PbRouteAction, RouteConfiguration, VirtualHost as PbVirtualHost,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, RegexMatcher, StringMatcher};
+use http::StatusCode;
+use regex::Regex;
+
+use super::{duration, ConfigError, Ctx};
+use crate::config::route::*;
+
+/// Envoy's default route timeout.
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn translate_route_config(rc: &RouteConfiguration) -> Result<RouteTable, ConfigError> {
+    translate_route_config_in(&Ctx::new(format!("route_config \"{}\"", rc.name)), rc)
+}
+
+pub(crate) fn translate_route_config_in(ctx: &Ctx, rc: &RouteConfiguration) -> Result<RouteTable, ConfigError> {
+    let mut vhosts = Vec::with_capacity(rc.virtual_hosts.len());
+    let mut domains = DomainMatcher::default();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vctx = ctx.index("virtual_hosts", i);
+        for (j, d) in vh.domains.iter().enumerate() {
+            let d = d.to_ascii_lowercase();
+            if let Some(other) = seen.insert(d.clone(), vh.name.clone()) {
+                return Err(vctx
+                    .index("domains", j)
+                    .err(format!("domain \"{d}\" is also in virtual host \"{other}\"")));
+            }
+            if d == "*" {
+                domains.any = Some(i);
+            } else if let Some(s) = d.strip_prefix('*') {
+                domains.suffixes.push((s.to_string(), i));
+            } else if let Some(p) = d.strip_suffix('*') {
+                domains.prefixes.push((p.to_string(), i));
+            } else if d.is_empty() {
+                return Err(vctx.index("domains", j).err("empty domain"));
+            } else {
+                domains.exact.insert(d, i);
+            }
+        }
+        vhosts.push(virtual_host(&vctx, vh)?);
+    }
+    // Longest wildcard first; equal lengths keep config order.
+    domains.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+    domains.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+    Ok(RouteTable { name: rc.name.clone(), virtual_hosts: vhosts, domains })
+}
+
+fn virtual_host(ctx: &Ctx, vh: &PbVirtualHost) -> Result<VirtualHost, ConfigError> {
+    if vh.domains.is_empty() {
+        return Err(ctx.field("domains").err("at least one domain is required"));
+    }
+    let routes =
+        vh.routes.iter().enumerate().map(|(i, r)| route(&ctx.index("routes", i), r)).collect::<Result<Vec<_>, _>>()?;
+    let index = RouteIndex::build(&routes);
+    Ok(VirtualHost { name: vh.name.clone(), routes, index })
+}
+
+fn route(ctx: &Ctx, r: &PbRoute) -> Result<Route, ConfigError> {
+    let mctx = ctx.field("match");
+    let m = r.r#match.as_ref().ok_or_else(|| mctx.err("a route needs a match"))?;
+    let case_sensitive = m.case_sensitive.map(|b| b.value).unwrap_or(true);
+    let lower = |s: &String| if case_sensitive { s.clone() } else { s.to_ascii_lowercase() };
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(lower(p)),
+        Some(PathSpecifier::Path(p)) => PathMatch::Exact(lower(p)),
+        Some(PathSpecifier::SafeRegex(re)) => PathMatch::Regex(regex(&mctx.field("safe_regex"), re, true)?),
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => {
+            if p.contains(['?', '#']) || p.ends_with('/') {
+                return Err(mctx.field("path_separated_prefix").err("must not contain ?, # or end with /"));
+            }
+            PathMatch::Separated(lower(p))
+        }
+        Some(PathSpecifier::ConnectMatcher(_)) => PathMatch::Connect,
+        Some(_) => return Err(mctx.err("unsupported path specifier")),
+        None => return Err(mctx.err("a path specifier (prefix, path, safe_regex, ...) is required")),
+    };
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(&mctx.index("headers", i), h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let query = m
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| query_match(&mctx.index("query_parameters", i), q))
+        .collect::<Result<Vec<_>, _>>()?;
+    let action = match &r.action {
+        Some(PbAction::Route(a)) => Action::Route(route_action(&ctx.field("route"), a)?),
+        Some(PbAction::Redirect(a)) => Action::Redirect(redirect(&ctx.field("redirect"), a)?),
+        Some(PbAction::DirectResponse(a)) => direct(&ctx.field("direct_response"), a)?,
+        Some(_) => return Err(ctx.err("unsupported route action")),
+        None => return Err(ctx.err("a route needs an action (route, redirect or direct_response)")),
+    };
+    if matches!(path, PathMatch::Connect) {
+        if let Action::Route(RouteAction { prefix_rewrite: Some(_), .. }) = &action {
+            return Err(ctx.field("route.prefix_rewrite").err("not allowed on a CONNECT route"));
+        }
+    }
+    Ok(Route { name: r.name.clone(), path, case_sensitive, headers, query, grpc: m.grpc.is_some(), action })
+}
+
+fn regex(ctx: &Ctx, re: &RegexMatcher, anchored: bool) -> Result<Regex, ConfigError> {
+    // Envoy's safe_regex must match the whole value.
+    let pattern = if anchored { format!("^(?:{})$", re.regex) } else { re.regex.clone() };
+    Regex::new(&pattern).map_err(|e| ctx.field("regex").err(format!("invalid regex: {e}")))
+}
+
+pub(crate) fn string_match(ctx: &Ctx, m: &StringMatcher) -> Result<StringMatch, ConfigError> {
+    let ic = m.ignore_case;
+    let s = |v: &String| if ic { v.to_ascii_lowercase() } else { v.clone() };
+    Ok(match &m.match_pattern {
+        Some(MatchPattern::Exact(v)) => StringMatch::Exact(s(v), ic),
+        Some(MatchPattern::Prefix(v)) => StringMatch::Prefix(s(v), ic),
+        Some(MatchPattern::Suffix(v)) => StringMatch::Suffix(s(v), ic),
+        Some(MatchPattern::Contains(v)) => StringMatch::Contains(s(v), ic),
+        Some(MatchPattern::SafeRegex(re)) => StringMatch::Regex(regex(&ctx.field("safe_regex"), re, true)?),
+        Some(_) => return Err(ctx.err("unsupported string matcher")),
+        None => return Err(ctx.err("a match pattern is required")),
+    })
+}
+
+#[allow(deprecated)]
+fn header_match(ctx: &Ctx, h: &HeaderMatcher) -> Result<HeaderMatch, ConfigError> {
+    let name = http::HeaderName::from_bytes(h.name.as_bytes())
+        .map_err(|_| ctx.field("name").err(format!("invalid header name \"{}\"", h.name)))?;
+    let (matcher, present) = match &h.header_match_specifier {
+        None => (None, true),
+        Some(HeaderMatchSpecifier::PresentMatch(p)) => (None, *p),
+        Some(HeaderMatchSpecifier::ExactMatch(v)) => (Some(StringMatch::Exact(v.clone(), false)), true),
+        Some(HeaderMatchSpecifier::PrefixMatch(v)) => (Some(StringMatch::Prefix(v.clone(), false)), true),
+        Some(HeaderMatchSpecifier::SuffixMatch(v)) => (Some(StringMatch::Suffix(v.clone(), false)), true),
+        Some(HeaderMatchSpecifier::ContainsMatch(v)) => (Some(StringMatch::Contains(v.clone(), false)), true),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(re)) => {
+            (Some(StringMatch::Regex(regex(&ctx.field("safe_regex_match"), re, true)?)), true)
+        }
+        Some(HeaderMatchSpecifier::StringMatch(m)) => (Some(string_match(&ctx.field("string_match"), m)?), true),
+        Some(_) => return Err(ctx.err("unsupported header match")),
+    };
+    Ok(HeaderMatch { name, matcher, present, invert: h.invert_match })
+}
+
+fn query_match(ctx: &Ctx, q: &QueryParameterMatcher) -> Result<QueryMatch, ConfigError> {
+    let matcher = match &q.query_parameter_match_specifier {
+        Some(QueryParameterMatchSpecifier::StringMatch(m)) => Some(string_match(&ctx.field("string_match"), m)?),
+        Some(QueryParameterMatchSpecifier::PresentMatch(true)) | None => None,
+        Some(QueryParameterMatchSpecifier::PresentMatch(false)) => {
+            return Err(ctx.field("present_match").err("present_match: false is not meaningful"))
+        }
+    };
+    Ok(QueryMatch { name: q.name.clone(), matcher })
+}
+
+fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError> {
+    let target = match &a.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => WeightedTarget::Single(c.clone()),
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let wctx = ctx.field("weighted_clusters");
+            let mut clusters = Vec::new();
+            let mut total = 0u32;
+            for (i, c) in w.clusters.iter().enumerate() {
+                let weight = c.weight.map(|w| w.value).unwrap_or(0);
+                if c.name.is_empty() {
+                    return Err(wctx.index("clusters", i).field("name").err("cluster name is required"));
+                }
+                total = total.checked_add(weight).ok_or_else(|| wctx.err("weights overflow"))?;
+                if weight > 0 {
+                    clusters.push((c.name.clone(), total));
+                }
+            }
+            if total == 0 {
+                return Err(wctx.err("the sum of weights must be greater than 0"));
+            }
+            WeightedTarget::Weighted { clusters, total }
+        }
+        Some(ClusterSpecifier::Cluster(_)) => return Err(ctx.field("cluster").err("empty cluster name")),
+        Some(_) => return Err(ctx.err("unsupported cluster specifier")),
+        None => return Err(ctx.err("cluster or weighted_clusters is required")),
+    };
+    let timeout = match &a.timeout {
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+        Some(_) => duration(&a.timeout).filter(|d| !d.is_zero()),
+    };
+    let host_rewrite = match &a.host_rewrite_specifier {
+        None => None,
+        Some(HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(
+            http::HeaderValue::from_str(h)
+                .map_err(|_| ctx.field("host_rewrite_literal").err("invalid header value"))?,
+        ),
+        Some(_) => return Err(ctx.err("only host_rewrite_literal is supported")),
+    };
+    let cluster_not_found = match a.cluster_not_found_response_code {
+        0 => StatusCode::SERVICE_UNAVAILABLE,
+        1 => StatusCode::NOT_FOUND,
+        2 => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => return Err(ctx.field("cluster_not_found_response_code").err("unknown code")),
+    };
+    let mut terminate_connect = false;
+    for (i, u) in a.upgrade_configs.iter().enumerate() {
+        let uctx = ctx.index("upgrade_configs", i);
+        if u.enabled.as_ref().is_some_and(|e| !e.value) {
+            continue;
+        }
+        if u.upgrade_type.eq_ignore_ascii_case("connect") {
+            terminate_connect = u.connect_config.is_some();
+        } else if u.connect_config.is_some() {
+            return Err(uctx.field("connect_config").err("only valid for upgrade_type CONNECT"));
+        } else {
+            return Err(uctx
+                .field("upgrade_type")
+                .err("per-route upgrade overrides other than CONNECT are not supported"));
+        }
+    }
+    let prefix_rewrite = (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone());
+    Ok(RouteAction { target, timeout, prefix_rewrite, host_rewrite, cluster_not_found, terminate_connect })
+}
+
+fn redirect(ctx: &Ctx, r: &RedirectAction) -> Result<Redirect, ConfigError> {
+    let scheme = match &r.scheme_rewrite_specifier {
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(SchemeRewriteSpecifier::HttpsRedirect(false)) | None => None,
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
+    };
+    let (path, prefix_rewrite) = match &r.path_rewrite_specifier {
+        None => (None, None),
+        Some(PathRewriteSpecifier::PathRedirect(p)) => (Some(p.clone()), None),
+        Some(PathRewriteSpecifier::PrefixRewrite(p)) => (None, Some(p.clone())),
+        Some(_) => return Err(ctx.err("regex_rewrite in redirects is not supported")),
+    };
+    let status = match RedirectResponseCode::try_from(r.response_code) {
+        Ok(RedirectResponseCode::MovedPermanently) => StatusCode::MOVED_PERMANENTLY,
+        Ok(RedirectResponseCode::Found) => StatusCode::FOUND,
+        Ok(RedirectResponseCode::SeeOther) => StatusCode::SEE_OTHER,
+        Ok(RedirectResponseCode::TemporaryRedirect) => StatusCode::TEMPORARY_REDIRECT,
+        Ok(RedirectResponseCode::PermanentRedirect) => StatusCode::PERMANENT_REDIRECT,
+        Err(_) => return Err(ctx.field("response_code").err("unknown redirect code")),
+    };
+    let port = match r.port_redirect {
+        0 => None,
+        p => Some(u16::try_from(p).map_err(|_| ctx.field("port_redirect").err("port out of range"))?),
+    };
+    Ok(Redirect {
+        scheme,
+        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        port,
+        path,
+        prefix_rewrite,
+        status,
+        strip_query: r.strip_query,
+    })
+}
+
+fn direct(ctx: &Ctx, d: &DirectResponseAction) -> Result<Action, ConfigError> {
+    let status = u16::try_from(d.status)
+        .ok()
+        .filter(|s| (200..600).contains(s))
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| ctx.field("status").err(format!("{} is not a valid status (200..599)", d.status)))?;
+    let body = match &d.body {
+        None => bytes::Bytes::new(),
+        Some(ds) => super::listener::data_source(&ctx.field("body"), ds)?,
+    };
+    Ok(Action::Direct { status, body })
+}

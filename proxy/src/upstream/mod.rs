@@ -1,0 +1,7 @@
+//! Clusters, endpoints, load balancing and connection pools.
+pub mod cluster;
+pub mod dns;
+pub mod lb;
+pub mod pool;
+
+pub use cluster::{Cluster, Endpoint, EndpointSet};

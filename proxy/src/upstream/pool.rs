@@ -1,0 +1,123 @@
+//! Per-endpoint connection pools, one slot per worker thread so that a connection is only ever
+//! used by the thread (and runtime) that drives it.
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use tokio::net::TcpStream;
+
+/// Idle HTTP/1.1 connections kept per endpoint and worker.
+const MAX_IDLE_H1: usize = 256;
+
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static WORKER_ID: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Called once at start-up, before any cluster is built.
+pub fn set_worker_count(n: usize) {
+    WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Called at the start of each worker thread.
+pub fn set_worker_id(id: usize) {
+    WORKER_ID.with(|w| w.set(id));
+}
+
+fn worker_id() -> usize {
+    WORKER_ID.with(|w| w.get())
+}
+
+#[derive(Default)]
+struct Slot {
+    h1: Vec<http1::SendRequest<Incoming>>,
+    h2: Option<http2::SendRequest<Incoming>>,
+}
+
+pub struct Pool {
+    slots: Box<[Mutex<Slot>]>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pool {
+    pub fn new() -> Pool {
+        let n = WORKERS.load(Ordering::Relaxed);
+        Pool { slots: (0..n).map(|_| Mutex::new(Slot::default())).collect() }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        let i = worker_id() % self.slots.len();
+        self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle HTTP/1.1 connection that has not been closed by the peer.
+    pub fn take_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+        let mut s = self.slot();
+        while let Some(c) = s.h1.pop() {
+            if !c.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    pub fn put_h1(&self, c: http1::SendRequest<Incoming>) {
+        if c.is_closed() {
+            return;
+        }
+        let mut s = self.slot();
+        if s.h1.len() < MAX_IDLE_H1 {
+            s.h1.push(c);
+        }
+    }
+
+    pub fn h2(&self) -> Option<http2::SendRequest<Incoming>> {
+        let mut s = self.slot();
+        match &s.h2 {
+            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(_) => {
+                s.h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn set_h2(&self, c: http2::SendRequest<Incoming>) {
+        self.slot().h2 = Some(c);
+    }
+
+    pub fn idle_h1(&self) -> usize {
+        self.slots.iter().map(|s| s.lock().map(|s| s.h1.len()).unwrap_or(0)).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection timeout")]
+    Timeout,
+    #[error("connection failure: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let s = tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| ConnectError::Timeout)??;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}

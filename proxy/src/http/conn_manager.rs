@@ -9,6 +9,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::router::{self, ConnCtx};
+use super::smuggling;
 use crate::config::Codec;
 use crate::drain::Drain;
 use crate::snapshot::{HttpManager, Snapshot};
@@ -44,6 +45,7 @@ where
         Codec::Http1 => b.http1_only(),
         Codec::Http2 => b.http2_only(),
     };
+    let io = smuggling::Guarded::new(io, cfg.max_request_headers_bytes, cfg.max_headers_count);
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

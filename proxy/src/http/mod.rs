@@ -6,5 +6,6 @@ pub mod headers;
 pub mod local_reply;
 pub mod route_match;
 pub mod router;
+pub mod smuggling;
 pub mod upgrade;
 pub mod upstream;

@@ -15,7 +15,7 @@ use super::body::{ProxyBody, StreamDone};
 use super::local_reply::{self, Flag};
 use super::route_match::{self, RouteInput};
 use super::upstream::{self, Wire};
-use super::{headers, upgrade};
+use super::{headers, smuggling, upgrade};
 use crate::config::{Action, PathMatch, Redirect, Route, RouteAction, UpstreamProtocol};
 use crate::snapshot::{HttpManager, Snapshot};
 use crate::telemetry::access_log::{now_rfc3339, Entry, Logger};
@@ -105,6 +105,12 @@ async fn proxy(
     log: &mut Option<Box<LogRecord>>,
 ) -> Result<Response<ProxyBody>, Flag> {
     let cfg = &ctx.hcm.config;
+    if req.headers().contains_key(&smuggling::MARKER) {
+        tracing::debug!(peer = %ctx.peer, "rejected ambiguous request framing (Content-Length)");
+        let mut r = local_reply::response(StatusCode::BAD_REQUEST, "Bad Request");
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(r);
+    }
     let Some(host) = host_of(&req).map(str::to_string) else {
         return Ok(local_reply::response(StatusCode::BAD_REQUEST, "missing host header"));
     };

@@ -1,0 +1,381 @@
+//! Request-smuggling guard for HTTP/1.x downstream connections.
+//!
+//! hyper (correctly, per RFC 9112) lets `Transfer-Encoding` win over `Content-Length` and folds
+//! repeated equal `Content-Length`s, so the router never sees those ambiguous framings. Envoy
+//! rejects them with 400, and so do we: this reader sits between the socket and hyper, follows the
+//! message framing (head, Content-Length body, chunked body), and when a head is ambiguous it
+//! renames every `Content-Length` to the same-length marker `x-outrigger-cl` before hyper parses it.
+//! The router answers any request carrying the marker with 400 and `connection: close`, so the
+//! request never reaches an upstream.
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::HeaderName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub static MARKER: HeaderName = HeaderName::from_static("x-outrigger-cl");
+const CONTENT_LENGTH: &[u8] = b"content-length";
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Body(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd(u8),
+    Trailers {
+        line_len: usize,
+    },
+    /// Not HTTP/1 heads any more (HTTP/2 preface, tunnel, or a head hyper will reject itself).
+    Pass,
+}
+
+pub struct Guarded<IO> {
+    io: IO,
+    state: State,
+    head: Vec<u8>,
+    chunk_line: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    max_head: usize,
+    max_headers: usize,
+    eof: bool,
+}
+
+impl<IO> Guarded<IO> {
+    pub fn new(io: IO, max_head: usize, max_headers: usize) -> Self {
+        Guarded {
+            io,
+            state: State::Head,
+            head: Vec::new(),
+            chunk_line: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            max_head,
+            max_headers,
+            eof: false,
+        }
+    }
+
+    /// Runs the framing state machine over newly read bytes, appending what hyper may see to `out`.
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Pass => {
+                    self.out.extend_from_slice(data);
+                    return;
+                }
+                State::Body(n) => {
+                    let take = (n.min(data.len() as u64)) as usize;
+                    self.out.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    self.state = if n - take as u64 == 0 { State::Head } else { State::Body(n - take as u64) };
+                }
+                State::ChunkData(n) => {
+                    let take = (n.min(data.len() as u64)) as usize;
+                    self.out.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    self.state =
+                        if n - take as u64 == 0 { State::ChunkDataEnd(2) } else { State::ChunkData(n - take as u64) };
+                }
+                State::ChunkDataEnd(k) => {
+                    let take = (k as usize).min(data.len());
+                    self.out.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    let left = k - take as u8;
+                    self.state = if left == 0 { State::ChunkSize } else { State::ChunkDataEnd(left) };
+                }
+                State::ChunkSize => {
+                    let (line_end, consumed) = match data.iter().position(|&b| b == b'\n') {
+                        Some(p) => (true, p + 1),
+                        None => (false, data.len()),
+                    };
+                    self.chunk_line.extend_from_slice(&data[..consumed]);
+                    self.out.extend_from_slice(&data[..consumed]);
+                    data = &data[consumed..];
+                    if self.chunk_line.len() > 4096 {
+                        self.state = State::Pass;
+                    } else if line_end {
+                        self.state = match chunk_size(&self.chunk_line) {
+                            Some(0) => State::Trailers { line_len: 0 },
+                            Some(n) => State::ChunkData(n),
+                            None => State::Pass,
+                        };
+                        self.chunk_line.clear();
+                    }
+                }
+                State::Trailers { mut line_len } => {
+                    let mut consumed = 0;
+                    let mut done = false;
+                    for &b in data {
+                        consumed += 1;
+                        if b == b'\n' {
+                            if line_len == 0 {
+                                done = true;
+                                break;
+                            }
+                            line_len = 0;
+                        } else if b != b'\r' {
+                            line_len += 1;
+                        }
+                    }
+                    self.out.extend_from_slice(&data[..consumed]);
+                    data = &data[consumed..];
+                    self.state = if done { State::Head } else { State::Trailers { line_len } };
+                }
+                State::Head => {
+                    // Empty lines before a request line are allowed and carry nothing.
+                    if self.head.is_empty() {
+                        let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        self.out.extend_from_slice(&data[..skip]);
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return;
+                        }
+                        if data.starts_with(b"PRI ") {
+                            self.state = State::Pass;
+                            continue;
+                        }
+                    }
+                    let searched_from = self.head.len().saturating_sub(2);
+                    self.head.extend_from_slice(data);
+                    data = &[];
+                    match find_head_end(&self.head[searched_from..]) {
+                        Some(end) => {
+                            let end = searched_from + end;
+                            let rest = self.head.split_off(end);
+                            let mut head = std::mem::take(&mut self.head);
+                            self.state = self.inspect(&mut head);
+                            self.out.extend_from_slice(&head);
+                            // The bytes after the head go through the state machine again.
+                            self.feed(&rest);
+                            return;
+                        }
+                        None if self.head.len() > self.max_head => {
+                            // Too large: let hyper see it and answer 431.
+                            let head = std::mem::take(&mut self.head);
+                            self.out.extend_from_slice(&head);
+                            self.state = State::Pass;
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Looks at one complete head; rewrites ambiguous framing and returns the next state.
+    fn inspect(&self, head: &mut [u8]) -> State {
+        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers.clamp(16, 1024)];
+        let mut req = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+            // hyper will reject it and close the connection.
+            return State::Pass;
+        };
+        if req.method == Some("CONNECT") {
+            return State::Pass;
+        }
+        let mut cl_count = 0;
+        let mut cl_value = None;
+        let mut te_chunked = false;
+        let mut te_count = 0;
+        let mut upgrade = false;
+        let mut cl_offsets = Vec::new();
+        let base = head.as_ptr() as usize;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                cl_count += 1;
+                cl_offsets.push(h.name.as_ptr() as usize - base);
+                cl_value = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te_count += 1;
+                te_chunked = h
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        if cl_count > 1 || (cl_count > 0 && te_count > 0) {
+            for off in cl_offsets {
+                head[off..off + CONTENT_LENGTH.len()].copy_from_slice(MARKER.as_str().as_bytes());
+            }
+            // The router answers 400 and closes; nothing after this head is parsed again.
+            return State::Pass;
+        }
+        if upgrade {
+            return State::Pass;
+        }
+        if te_count > 0 {
+            return if te_chunked { State::ChunkSize } else { State::Pass };
+        }
+        match (cl_count, cl_value) {
+            (0, _) | (_, Some(0)) => State::Head,
+            (_, Some(n)) => State::Body(n),
+            (_, None) => State::Pass,
+        }
+    }
+}
+
+/// Index just past the blank line ending a head (`\n\n` or `\n\r\n`).
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\n' {
+            if b.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits: Vec<u8> = line.iter().copied().take_while(|b| b.is_ascii_hexdigit()).collect();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&digits).ok()?, 16).ok()
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_pos < this.out.len() {
+                let n = (this.out.len() - this.out_pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
+                this.out_pos += n;
+                if this.out_pos == this.out.len() {
+                    this.out.clear();
+                    this.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.state == State::Pass && this.head.is_empty() {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            if this.eof {
+                // A partial head at EOF: hand it over as is and let hyper report it.
+                if !this.head.is_empty() {
+                    this.out = std::mem::take(&mut this.head);
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut scratch = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            let filled = rb.filled();
+            if filled.is_empty() {
+                this.eof = true;
+                continue;
+            }
+            let filled = filled.to_vec();
+            this.feed(&filled);
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[&[u8]]) -> (Vec<u8>, State) {
+        let mut g = Guarded::new((), 60 * 1024, 100);
+        for part in input {
+            g.feed(part);
+        }
+        (g.out, g.state)
+    }
+
+    #[test]
+    fn plain_requests_pass_unchanged_across_any_split() {
+        let req: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..req.len() {
+            let (out, state) = run(&[&req[..split], &req[split..]]);
+            assert_eq!(out, req, "split at {split}");
+            assert_eq!(state, State::Head, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_marked() {
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let (out, state) = run(&[req]);
+        assert_eq!(state, State::Pass);
+        assert!(String::from_utf8_lossy(&out).contains("x-outrigger-cl: 4"));
+        assert_eq!(out.len(), req.len());
+    }
+
+    #[test]
+    fn duplicate_content_length_is_marked_even_when_equal() {
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc";
+        let (out, _) = run(&[req]);
+        let s = String::from_utf8_lossy(&out);
+        assert_eq!(s.matches("x-outrigger-cl").count(), 2, "{s}");
+    }
+
+    #[test]
+    fn smuggled_request_in_a_body_is_not_inspected_as_a_head() {
+        // The body of the first request happens to look like an ambiguous head: it is body data.
+        let body = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let mut req = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        req.extend_from_slice(body);
+        let (out, state) = run(&[&req]);
+        assert_eq!(out, req);
+        assert_eq!(state, State::Head);
+    }
+
+    #[test]
+    fn h2_preface_switches_to_passthrough() {
+        let (out, state) = run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]);
+        assert_eq!(state, State::Pass);
+        assert_eq!(out, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    }
+
+    #[test]
+    fn random_input_never_panics_and_loses_no_bytes() {
+        for seed in 0..500u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let len = rng.usize(0..400);
+            let alphabet = b"GET POST / HTTP/1.1\r\nContent-Length: 12\r\nTransfer-Encoding: chunked\r\n0a;\r\n";
+            let data: Vec<u8> = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
+            let split = rng.usize(0..=data.len());
+            let mut g = Guarded::new((), 1024, 100);
+            g.feed(&data[..split]);
+            g.feed(&data[split..]);
+            assert_eq!(g.out.len() + g.head.len(), data.len(), "seed {seed}");
+        }
+    }
+}

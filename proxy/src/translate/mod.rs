@@ -95,3 +95,6 @@ pub(crate) fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) 
 }
 
 pub use listener::translate_bootstrap;
+
+#[cfg(test)]
+mod tests;

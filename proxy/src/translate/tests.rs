@@ -1,0 +1,135 @@
+//! Translation tests: strictness (unsupported fields and extensions name their resource and
+//! path), positions of syntax errors, and that every shipped example compiles.
+use super::*;
+
+fn compile(yaml: &str) -> Result<crate::config::Bootstrap, ConfigError> {
+    let b = parse_bootstrap(yaml, false)?;
+    translate_bootstrap(&b)
+}
+
+const HCM_HEAD: &str = r#"
+static_resources:
+  listeners:
+  - name: web
+    address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: / }
+                route: { cluster: app }
+"#;
+
+const CLUSTER: &str = r#"
+  clusters:
+  - name: app
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: app
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 1 } } } }] }]
+"#;
+
+fn with_filters(filters: &str) -> String {
+    format!("{HCM_HEAD}          http_filters:\n{filters}{CLUSTER}")
+}
+
+const ROUTER: &str = "          - name: router\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }\n";
+
+#[test]
+fn minimal_http_config_compiles() {
+    let b = compile(&with_filters(ROUTER)).unwrap();
+    assert_eq!(b.listeners.len(), 1);
+    assert_eq!(b.clusters[0].name, "app");
+}
+
+#[test]
+fn unsupported_http_filter_names_its_type_url() {
+    let lua = "          - name: lua\n            typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua }\n";
+    let err = compile(&with_filters(&format!("{lua}{ROUTER}"))).unwrap_err().to_string();
+    assert!(err.contains("envoy.extensions.filters.http.lua.v3.Lua"), "{err}");
+    assert!(err.contains("listener \"web\""), "{err}");
+    assert!(err.contains("http_filters[0]"), "{err}");
+}
+
+#[test]
+fn unsupported_field_names_resource_and_path() {
+    let yaml = with_filters(ROUTER).replace("  - name: web\n", "  - name: web\n    use_original_dst: true\n");
+    let err = compile(&yaml).unwrap_err().to_string();
+    assert!(err.contains("listener \"web\"") && err.contains("use_original_dst"), "{err}");
+}
+
+#[test]
+fn unsupported_cluster_field_is_refused() {
+    let yaml = with_filters(ROUTER).replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    outlier_detection: {}\n");
+    let err = compile(&yaml).unwrap_err().to_string();
+    assert!(err.contains("cluster \"app\"") && err.contains("outlier_detection"), "{err}");
+}
+
+#[test]
+fn unknown_field_and_bad_yaml_name_the_line() {
+    let yaml = with_filters(ROUTER).replace("stat_prefix: web", "stat_prefix: web\n          no_such_field: 1");
+    let err = compile(&yaml).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { line, .. } if line > 5), "{err}");
+    let err = compile("static_resources:\n  listeners: [\n").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { line: 2 | 3, .. }), "{err}");
+}
+
+#[test]
+fn route_to_unknown_cluster_is_refused() {
+    let yaml = with_filters(ROUTER).replace("route: { cluster: app }", "route: { cluster: nope }");
+    let err = compile(&yaml).unwrap_err().to_string();
+    assert!(err.contains("unknown cluster \"nope\""), "{err}");
+}
+
+#[test]
+fn router_must_be_last() {
+    let err = compile(&with_filters("")).unwrap_err().to_string();
+    assert!(err.contains("router"), "{err}");
+}
+
+#[test]
+fn admin_address_is_translated() {
+    // Translation keeps the address; app::run refuses non-loopback admin (fail closed).
+    let yaml = format!(
+        "admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 9901 }} }} }}\n{}",
+        with_filters(ROUTER)
+    );
+    assert_eq!(compile(&yaml).unwrap().admin.unwrap().port(), 9901);
+}
+
+#[test]
+fn random_mutations_of_a_config_never_panic() {
+    let base = with_filters(ROUTER);
+    let bytes = base.as_bytes();
+    for seed in 0..300u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut b = bytes.to_vec();
+        for _ in 0..rng.usize(1..4) {
+            let i = rng.usize(..b.len());
+            b[i] = b" :{}[]-,\"0aZ\n"[rng.usize(..13)];
+        }
+        let _ = compile(&String::from_utf8_lossy(&b));
+    }
+}
+
+#[test]
+fn every_shipped_example_compiles() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "json")) {
+            let b = load_bootstrap_file(&p).unwrap_or_else(|e| panic!("{e}"));
+            translate_bootstrap(&b).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5);
+}

@@ -14,7 +14,7 @@ pub struct Snapshot {
     pub node_cluster: String,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
-    pub dump: serde_json::Value,
+    pub source: crate::translate::SourceConfig,
 }
 
 pub struct Listener {
@@ -80,6 +80,13 @@ impl Snapshot {
             let addr = l.address.to_string().replace([':', '[', ']'], "_");
             listeners.push(Arc::new(Listener { stats: ListenerStats::new(&addr), config: l, chains, default_chain }));
         }
-        Ok(Snapshot { version, node_id: b.node_id, node_cluster: b.node_cluster, listeners, clusters, dump: b.dump })
+        Ok(Snapshot {
+            version,
+            node_id: b.node_id,
+            node_cluster: b.node_cluster,
+            listeners,
+            clusters,
+            source: b.source,
+        })
     }
 }

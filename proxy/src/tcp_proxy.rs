@@ -2,6 +2,7 @@
 //! through (a FIN from one side shuts down writing towards the other, and the other direction
 //! keeps flowing); an idle connection is closed after `idle_timeout`.
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,33 +85,67 @@ fn pick(clusters: &[(String, u32)]) -> &str {
 }
 
 /// Copies both directions; returns (bytes from downstream, bytes to downstream).
-async fn copy_both<D>(down: &mut D, up: &mut TcpStream, idle: Option<Duration>, drain: &Drain) -> (u64, u64)
+///
+/// The two directions run independently: a write that waits for one peer to read never stops
+/// the other direction from flowing (with a single loop, a full buffer each way deadlocks an
+/// echoing upstream). A write error ends both; a FIN ends only its own direction.
+async fn copy_both<D>(down: &mut D, up: &mut TcpStream, idle: Option<Duration>, _drain: &Drain) -> (u64, u64)
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
+    // Opaque TCP cannot be drained gracefully; it keeps flowing until the drain deadline.
     let (mut dr, mut dw) = tokio::io::split(down);
     let (mut ur, mut uw) = up.split();
-    let mut b1 = vec![0u8; BUF];
-    let mut b2 = vec![0u8; BUF];
     let (mut rx, mut tx) = (0u64, 0u64);
-    let (mut down_open, mut up_open) = (true, true);
-    let idle = idle.unwrap_or(Duration::from_secs(u64::MAX / 4));
-    let mut last = tokio::time::Instant::now();
-    while down_open || up_open {
-        tokio::select! {
-            r = dr.read(&mut b1), if down_open => match r {
-                Ok(0) | Err(_) => { down_open = false; let _ = uw.shutdown().await; }
-                Ok(n) => { if uw.write_all(&b1[..n]).await.is_err() { break; } rx += n as u64; last = tokio::time::Instant::now(); }
-            },
-            r = ur.read(&mut b2), if up_open => match r {
-                Ok(0) | Err(_) => { up_open = false; let _ = dw.shutdown().await; }
-                Ok(n) => { if dw.write_all(&b2[..n]).await.is_err() { break; } tx += n as u64; last = tokio::time::Instant::now(); }
-            },
-            _ = tokio::time::sleep_until(last + idle) => break,
-            _ = drain.signaled(), if !drain.is_draining() => {
-                // Opaque TCP cannot be drained gracefully; it keeps flowing until the drain deadline.
+    let base = tokio::time::Instant::now();
+    // Milliseconds since `base` of the last byte moved either way.
+    let last = AtomicU64::new(0);
+    let touch = || last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let down_to_up = async {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            match dr.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = uw.shutdown().await;
+                    return Ok::<(), ()>(());
+                }
+                Ok(n) => {
+                    uw.write_all(&buf[..n]).await.map_err(|_| ())?;
+                    rx += n as u64;
+                    touch();
+                }
             }
         }
+    };
+    let up_to_down = async {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            match ur.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = dw.shutdown().await;
+                    return Ok::<(), ()>(());
+                }
+                Ok(n) => {
+                    dw.write_all(&buf[..n]).await.map_err(|_| ())?;
+                    tx += n as u64;
+                    touch();
+                }
+            }
+        }
+    };
+    let idle_watch = async {
+        let Some(idle) = idle else { return std::future::pending().await };
+        loop {
+            let deadline = base + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::try_join!(down_to_up, up_to_down) } => {}
+        _ = idle_watch => {}
     }
     (rx, tx)
 }

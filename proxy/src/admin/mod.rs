@@ -103,7 +103,8 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 fn config_dump(app: &App) -> serde_json::Value {
     let snap = app.live.load();
-    let b = &snap.dump;
+    let b = &snap.source.to_json();
+    crate::app::release_free_memory();
     let updated = &app.loaded_at;
     let listeners: Vec<_> = b["staticResources"]["listeners"]
         .as_array()

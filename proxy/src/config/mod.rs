@@ -23,6 +23,6 @@ pub struct Bootstrap {
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
-    /// The loaded resources as proto3 JSON, for `/config_dump`.
-    pub dump: serde_json::Value,
+    /// The loaded resources, for `/config_dump`.
+    pub source: crate::translate::SourceConfig,
 }

@@ -35,7 +35,8 @@ enum State {
 pub struct Guarded<IO> {
     io: IO,
     state: State,
-    head: Vec<u8>,
+    /// Bytes read but not yet given to hyper: an incomplete head.
+    held: Vec<u8>,
     chunk_line: Vec<u8>,
     out: Vec<u8>,
     out_pos: usize,
@@ -49,7 +50,7 @@ impl<IO> Guarded<IO> {
         Guarded {
             io,
             state: State::Head,
-            head: Vec::new(),
+            held: Vec::new(),
             chunk_line: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -59,42 +60,37 @@ impl<IO> Guarded<IO> {
         }
     }
 
-    /// Runs the framing state machine over newly read bytes, appending what hyper may see to `out`.
-    fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
+    /// Runs the framing state machine over `data` in place (renaming ambiguous headers) and
+    /// returns how many leading bytes hyper may see now; the rest is an incomplete head to hold.
+    fn process(&mut self, data: &mut [u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            let rest = data.len() - i;
             match self.state {
-                State::Pass => {
-                    self.out.extend_from_slice(data);
-                    return;
-                }
+                State::Pass => return data.len(),
                 State::Body(n) => {
-                    let take = (n.min(data.len() as u64)) as usize;
-                    self.out.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    self.state = if n - take as u64 == 0 { State::Head } else { State::Body(n - take as u64) };
+                    let take = n.min(rest as u64);
+                    i += take as usize;
+                    self.state = if n == take { State::Head } else { State::Body(n - take) };
                 }
                 State::ChunkData(n) => {
-                    let take = (n.min(data.len() as u64)) as usize;
-                    self.out.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    self.state =
-                        if n - take as u64 == 0 { State::ChunkDataEnd(2) } else { State::ChunkData(n - take as u64) };
+                    let take = n.min(rest as u64);
+                    i += take as usize;
+                    self.state = if n == take { State::ChunkDataEnd(2) } else { State::ChunkData(n - take) };
                 }
                 State::ChunkDataEnd(k) => {
-                    let take = (k as usize).min(data.len());
-                    self.out.extend_from_slice(&data[..take]);
-                    data = &data[take..];
+                    let take = (k as usize).min(rest);
+                    i += take;
                     let left = k - take as u8;
                     self.state = if left == 0 { State::ChunkSize } else { State::ChunkDataEnd(left) };
                 }
                 State::ChunkSize => {
-                    let (line_end, consumed) = match data.iter().position(|&b| b == b'\n') {
+                    let (line_end, consumed) = match data[i..].iter().position(|&b| b == b'\n') {
                         Some(p) => (true, p + 1),
-                        None => (false, data.len()),
+                        None => (false, rest),
                     };
-                    self.chunk_line.extend_from_slice(&data[..consumed]);
-                    self.out.extend_from_slice(&data[..consumed]);
-                    data = &data[consumed..];
+                    self.chunk_line.extend_from_slice(&data[i..i + consumed]);
+                    i += consumed;
                     if self.chunk_line.len() > 4096 {
                         self.state = State::Pass;
                     } else if line_end {
@@ -107,10 +103,10 @@ impl<IO> Guarded<IO> {
                     }
                 }
                 State::Trailers { mut line_len } => {
-                    let mut consumed = 0;
                     let mut done = false;
-                    for &b in data {
-                        consumed += 1;
+                    while i < data.len() {
+                        let b = data[i];
+                        i += 1;
                         if b == b'\n' {
                             if line_len == 0 {
                                 done = true;
@@ -121,49 +117,36 @@ impl<IO> Guarded<IO> {
                             line_len += 1;
                         }
                     }
-                    self.out.extend_from_slice(&data[..consumed]);
-                    data = &data[consumed..];
                     self.state = if done { State::Head } else { State::Trailers { line_len } };
                 }
                 State::Head => {
                     // Empty lines before a request line are allowed and carry nothing.
-                    if self.head.is_empty() {
-                        let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
-                        self.out.extend_from_slice(&data[..skip]);
-                        data = &data[skip..];
-                        if data.is_empty() {
-                            return;
-                        }
-                        if data.starts_with(b"PRI ") {
-                            self.state = State::Pass;
-                            continue;
-                        }
+                    while i < data.len() && matches!(data[i], b'\r' | b'\n') {
+                        i += 1;
                     }
-                    let searched_from = self.head.len().saturating_sub(2);
-                    self.head.extend_from_slice(data);
-                    data = &[];
-                    match find_head_end(&self.head[searched_from..]) {
+                    if i == data.len() {
+                        return i;
+                    }
+                    if data[i..].starts_with(b"PRI ") {
+                        self.state = State::Pass;
+                        return data.len();
+                    }
+                    match find_head_end(&data[i..]) {
                         Some(end) => {
-                            let end = searched_from + end;
-                            let rest = self.head.split_off(end);
-                            let mut head = std::mem::take(&mut self.head);
-                            self.state = self.inspect(&mut head);
-                            self.out.extend_from_slice(&head);
-                            // The bytes after the head go through the state machine again.
-                            self.feed(&rest);
-                            return;
+                            self.state = self.inspect(&mut data[i..i + end]);
+                            i += end;
                         }
-                        None if self.head.len() > self.max_head => {
+                        None if data.len() - i > self.max_head => {
                             // Too large: let hyper see it and answer 431.
-                            let head = std::mem::take(&mut self.head);
-                            self.out.extend_from_slice(&head);
                             self.state = State::Pass;
+                            return data.len();
                         }
-                        None => {}
+                        None => return i,
                     }
                 }
             }
         }
+        data.len()
     }
 
     /// Looks at one complete head; rewrites ambiguous framing and returns the next state.
@@ -260,27 +243,51 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.state == State::Pass && this.head.is_empty() {
-                return Pin::new(&mut this.io).poll_read(cx, buf);
+            if this.held.is_empty() {
+                if this.state == State::Pass {
+                    return Pin::new(&mut this.io).poll_read(cx, buf);
+                }
+                // Fast path: read straight into hyper's buffer and inspect in place; only an
+                // incomplete head at the end is taken back out and held.
+                let start = buf.filled().len();
+                ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+                let end = buf.filled().len();
+                if end == start {
+                    return Poll::Ready(Ok(()));
+                }
+                let ok = this.process(&mut buf.filled_mut()[start..end]);
+                if start + ok < end {
+                    this.held.extend_from_slice(&buf.filled()[start + ok..end]);
+                    buf.set_filled(start + ok);
+                }
+                if ok > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             if this.eof {
                 // A partial head at EOF: hand it over as is and let hyper report it.
-                if !this.head.is_empty() {
-                    this.out = std::mem::take(&mut this.head);
-                    continue;
+                this.out = std::mem::take(&mut this.held);
+                if this.out.is_empty() {
+                    return Poll::Ready(Ok(()));
                 }
-                return Poll::Ready(Ok(()));
+                continue;
             }
-            let mut scratch = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut scratch);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            let filled = rb.filled();
-            if filled.is_empty() {
+            let before = this.held.len();
+            this.held.resize(before + READ_CHUNK, 0);
+            let mut rb = ReadBuf::new(&mut this.held[before..]);
+            let r = Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            this.held.truncate(before + n);
+            ready!(r)?;
+            if n == 0 {
                 this.eof = true;
                 continue;
             }
-            let filled = filled.to_vec();
-            this.feed(&filled);
+            let mut held = std::mem::take(&mut this.held);
+            let ok = this.process(&mut held);
+            this.held = held.split_off(ok);
+            this.out = held;
         }
     }
 }
@@ -311,12 +318,23 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 mod tests {
     use super::*;
 
+    /// Feeds the parts as successive reads; returns what hyper would see and the final state.
     fn run(input: &[&[u8]]) -> (Vec<u8>, State) {
+        let (seen, state, _) = run_held(input);
+        (seen, state)
+    }
+
+    fn run_held(input: &[&[u8]]) -> (Vec<u8>, State, Vec<u8>) {
         let mut g = Guarded::new((), 60 * 1024, 100);
+        let mut seen = Vec::new();
         for part in input {
-            g.feed(part);
+            let mut data = std::mem::take(&mut g.held);
+            data.extend_from_slice(part);
+            let ok = g.process(&mut data);
+            g.held = data.split_off(ok);
+            seen.extend_from_slice(&data);
         }
-        (g.out, g.state)
+        (seen, g.state, g.held)
     }
 
     #[test]
@@ -372,10 +390,9 @@ mod tests {
             let alphabet = b"GET POST / HTTP/1.1\r\nContent-Length: 12\r\nTransfer-Encoding: chunked\r\n0a;\r\n";
             let data: Vec<u8> = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
             let split = rng.usize(0..=data.len());
-            let mut g = Guarded::new((), 1024, 100);
-            g.feed(&data[..split]);
-            g.feed(&data[split..]);
-            assert_eq!(g.out.len() + g.head.len(), data.len(), "seed {seed}");
+            let (mut seen, _, held) = run_held(&[&data[..split], &data[split..]]);
+            seen.extend_from_slice(&held);
+            assert_eq!(seen, data, "seed {seed}");
         }
     }
 }

@@ -102,19 +102,25 @@ async fn send_h2(
     let mut sender = match ep.pool.h2() {
         Some(s) => s,
         None => {
-            let stream = open(cluster, ep).await?;
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|_| Flag::UpstreamConnectFailure)?;
-            let stats = cluster.stats.clone();
-            stats.cx_active.inc();
-            tokio::spawn(async move {
-                let _ = conn.await;
-                stats.cx_active.dec();
-            });
-            ep.pool.set_h2(sender.clone());
-            sender
+            // One connection per endpoint and worker: concurrent first requests share it.
+            let _connecting = ep.pool.h2_connect_lock().await;
+            if let Some(s) = ep.pool.h2() {
+                s
+            } else {
+                let stream = open(cluster, ep).await?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|_| Flag::UpstreamConnectFailure)?;
+                let stats = cluster.stats.clone();
+                stats.cx_active.inc();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    stats.cx_active.dec();
+                });
+                ep.pool.set_h2(sender.clone());
+                sender
+            }
         }
     };
     if sender.ready().await.is_err() {

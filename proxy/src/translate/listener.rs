@@ -45,8 +45,8 @@ pub fn translate_bootstrap(b: &PbBootstrap) -> Result<config::Bootstrap, ConfigE
     }
     check_cluster_refs(&listeners, &cnames)?;
     let node = b.node.clone().unwrap_or_default();
-    let dump = bootstrap_dump(b);
-    Ok(config::Bootstrap { node_id: node.id, node_cluster: node.cluster, admin, listeners, clusters, dump })
+    let source = super::SourceConfig(std::sync::Arc::new(b.clone()));
+    Ok(config::Bootstrap { node_id: node.id, node_cluster: node.cluster, admin, listeners, clusters, source })
 }
 
 /// Static config must be self-consistent: a route or tcp_proxy naming a cluster that does not
@@ -79,21 +79,6 @@ fn check_cluster_refs(listeners: &[ListenerConfig], clusters: &HashSet<String>) 
         }
     }
     Ok(())
-}
-
-fn bootstrap_dump(b: &PbBootstrap) -> serde_json::Value {
-    let desc = super::descriptor_pool().get_message_by_name("envoy.config.bootstrap.v3.Bootstrap");
-    let Some(desc) = desc else { return serde_json::Value::Null };
-    let mut dynamic = prost_reflect::DynamicMessage::new(desc);
-    if dynamic.transcode_from(b).is_err() {
-        return serde_json::Value::Null;
-    }
-    let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true);
-    let mut ser = serde_json::Serializer::new(Vec::new());
-    if dynamic.serialize_with_options(&mut ser, &opts).is_err() {
-        return serde_json::Value::Null;
-    }
-    serde_json::from_slice(&ser.into_inner()).unwrap_or(serde_json::Value::Null)
 }
 
 fn translate_listener_in(ctx: &Ctx, l: &Listener) -> Result<ListenerConfig, ConfigError> {

@@ -4,7 +4,6 @@
 //! `@type` on `Any`, wrapper types and `"5s"` durations follow the proto3 JSON mapping exactly; the
 //! strict field check then runs on the dynamic form, and only then is it transcoded into typed structs.
 use std::path::Path;
-use std::sync::OnceLock;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage};
@@ -14,10 +13,28 @@ use super::ConfigError;
 
 static ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
 
-/// The descriptor pool is only needed while parsing config; it is built on first use.
-pub fn descriptor_pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(ENVOY_DESCRIPTORS).expect("envoy-types ships a valid descriptor set"))
+/// The descriptor pool is large (all of Envoy's API); it is built when config is read and dropped
+/// right after, so it never sits in the proxy's resident memory.
+pub fn descriptor_pool() -> DescriptorPool {
+    let pool = DescriptorPool::decode(ENVOY_DESCRIPTORS).expect("envoy-types ships a valid descriptor set");
+    release_descriptor_pages();
+    pool
+}
+
+/// The 3 MB descriptor blob lives in the binary's read-only data; once decoded, its pages are
+/// dropped from the resident set (they are file-backed and fault back in if ever needed again).
+fn release_descriptor_pages() {
+    let page = 4096usize;
+    let start = ENVOY_DESCRIPTORS.as_ptr() as usize;
+    let end = start + ENVOY_DESCRIPTORS.len();
+    let (a, b) = (start.div_ceil(page) * page, end / page * page);
+    if b > a {
+        // SAFETY: the range lies inside an immutable static; MADV_DONTNEED on a private read-only
+        // file mapping only discards page-table entries, the contents stay those of the file.
+        unsafe {
+            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED);
+        }
+    }
 }
 
 const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
@@ -32,7 +49,12 @@ pub fn load_bootstrap_file(path: &Path) -> Result<Bootstrap, ConfigError> {
 
 /// Parses bootstrap text; `is_json` selects the JSON parser (better positions for JSON files).
 pub fn parse_bootstrap(text: &str, is_json: bool) -> Result<Bootstrap, ConfigError> {
-    let pool = descriptor_pool();
+    parse_bootstrap_with(&descriptor_pool(), text, is_json)
+}
+
+/// As [`parse_bootstrap`], with a descriptor pool the caller keeps (tests and benchmarks that
+/// parse many configs).
+pub fn parse_bootstrap_with(pool: &DescriptorPool, text: &str, is_json: bool) -> Result<Bootstrap, ConfigError> {
     let desc = pool.get_message_by_name(BOOTSTRAP).expect("bootstrap descriptor");
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let msg = if is_json {

@@ -9,7 +9,7 @@ mod strict;
 use std::path::Path;
 
 pub use cluster::translate_cluster;
-pub use load::{descriptor_pool, load_bootstrap_file, parse_bootstrap};
+pub use load::{descriptor_pool, load_bootstrap_file, parse_bootstrap, parse_bootstrap_with};
 pub use route::translate_route_config;
 
 /// A configuration error: names the file, the resource and the field, and says what is wrong.
@@ -95,6 +95,36 @@ pub(crate) fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) 
 }
 
 pub use listener::translate_bootstrap;
+
+/// The resources as loaded, kept only to answer `/config_dump`.
+#[derive(Clone)]
+pub struct SourceConfig(std::sync::Arc<envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap>);
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceConfig")
+    }
+}
+
+impl SourceConfig {
+    /// The bootstrap in proto3 JSON (camelCase names, `@type` on Any), as Envoy dumps it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let pool = descriptor_pool();
+        let Some(desc) = pool.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap") else {
+            return serde_json::Value::Null;
+        };
+        let mut dynamic = prost_reflect::DynamicMessage::new(desc);
+        if dynamic.transcode_from(self.0.as_ref()).is_err() {
+            return serde_json::Value::Null;
+        }
+        let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true);
+        let mut ser = serde_json::Serializer::new(Vec::new());
+        if dynamic.serialize_with_options(&mut ser, &opts).is_err() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&ser.into_inner()).unwrap_or(serde_json::Value::Null)
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,9 @@ struct Slot {
 
 pub struct Pool {
     slots: Box<[Mutex<Slot>]>,
+    /// Held while an HTTP/2 connection is being opened, so that concurrent first requests wait
+    /// for that one connection instead of each opening their own.
+    h2_connecting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -58,7 +61,10 @@ impl Default for Pool {
 impl Pool {
     pub fn new() -> Pool {
         let n = WORKERS.load(Ordering::Relaxed);
-        Pool { slots: (0..n).map(|_| Mutex::new(Slot::default())).collect() }
+        Pool {
+            slots: (0..n).map(|_| Mutex::new(Slot::default())).collect(),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
@@ -97,6 +103,11 @@ impl Pool {
             }
             None => None,
         }
+    }
+
+    /// Serialises opening HTTP/2 connections to this endpoint; check [`Pool::h2`] again once held.
+    pub async fn h2_connect_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.h2_connecting.lock().await
     }
 
     pub fn set_h2(&self, c: http2::SendRequest<Incoming>) {

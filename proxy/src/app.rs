@@ -93,16 +93,18 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
     let concurrency = opts.concurrency.max(1);
     pool::set_worker_count(concurrency);
     let admin_addr = bootstrap.admin;
-    let snapshot = Snapshot::build(1, bootstrap).context("building configuration")?;
-
+    let mut bootstrap = bootstrap;
     let mut sockets = Vec::new();
     let mut bound = Vec::new();
-    for l in &snapshot.listeners {
-        let s = crate::listener::bind(&l.config)
-            .with_context(|| format!("listener \"{}\": cannot bind {}", l.config.name, l.config.address))?;
-        bound.push((l.config.name.clone(), s.local_addr()?));
-        sockets.push((l.config.name.clone(), s));
+    for l in &mut bootstrap.listeners {
+        let s =
+            crate::listener::bind(l).with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.address))?;
+        // Port 0 becomes the port the OS chose, so stats and admin name the real address.
+        l.address = s.local_addr()?;
+        bound.push((l.name.clone(), l.address));
+        sockets.push((l.name.clone(), s));
     }
+    let snapshot = Snapshot::build(1, bootstrap).context("building configuration")?;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
     let (trigger, drain) = drain::channel();
 

@@ -5,9 +5,53 @@ use std::{env, fs, path::PathBuf, process::Command};
 fn main() {
     let src = find_in_registry().unwrap_or_else(find_with_metadata);
     let dst = PathBuf::from(env::var("OUT_DIR").unwrap()).join("envoy_types.bin");
-    fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    let full = fs::read(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+    fs::write(&dst, subset(&full)).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../Cargo.lock");
+}
+
+/// Proto files whose messages a bootstrap may contain (the bootstrap and every extension that
+/// Outrigger implements); with their imports, the rest of Envoy's ~400 packages are left out,
+/// which keeps the pool that config parsing builds (and its memory peak) small. A config naming
+/// any other extension fails to parse with the unknown type URL, as it should.
+const ROOTS: &[&str] = &[
+    "envoy/config/bootstrap/v3/bootstrap.proto",
+    "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+    "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+    "envoy/extensions/filters/http/router/v3/router.proto",
+    "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
+    "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+];
+
+fn subset(full: &[u8]) -> Vec<u8> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(full).expect("envoy-types descriptor set decodes");
+    let by_name: std::collections::HashMap<&str, &prost_types::FileDescriptorProto> =
+        set.file.iter().map(|f| (f.name(), f)).collect();
+    let mut keep = std::collections::BTreeSet::new();
+    let mut stack: Vec<&str> = ROOTS.to_vec();
+    while let Some(name) = stack.pop() {
+        let f = by_name.get(name).unwrap_or_else(|| panic!("{name} is not in envoy-types' descriptor set"));
+        if keep.insert(name) {
+            stack.extend(f.dependency.iter().map(String::as_str));
+        }
+    }
+    // Dependencies first, as the descriptor pool expects them.
+    // Comments (source_code_info) are most of the bytes and nothing reads them.
+    let file = set
+        .file
+        .iter()
+        .filter(|f| keep.contains(f.name()))
+        .cloned()
+        .map(|mut f| {
+            f.source_code_info = None;
+            f
+        })
+        .collect();
+    prost_types::FileDescriptorSet { file }.encode_to_vec()
 }
 
 /// The usual case: the crate's source is unpacked in cargo's registry, at the version Cargo.lock pins.

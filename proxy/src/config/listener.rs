@@ -57,8 +57,8 @@ pub enum Codec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerHeader {
-    Overwrite(String),
-    AppendIfAbsent(String),
+    Overwrite(http::HeaderValue),
+    AppendIfAbsent(http::HeaderValue),
     PassThrough,
 }
 

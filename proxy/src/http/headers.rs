@@ -14,6 +14,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
 /// `keep_upgrade` keeps `Upgrade`/`Connection: upgrade` for a tunnel being set up.
 pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names (cheap enum compares for standard
+    // headers) avoids a hash lookup per hop-by-hop name.
+    if !keep_upgrade && !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION) {
         if conn.as_bytes().contains(&b',') || !is_simple_connection_token(conn.as_bytes()) {
             let named: Vec<HeaderName> = conn
@@ -48,6 +53,18 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         h.remove(header::UPGRADE);
     }
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TRANSFER_ENCODING
+        || n == header::TE
+        || n == header::UPGRADE
+        || n == header::PROXY_AUTHENTICATE
+        || n == header::PROXY_AUTHORIZATION
+        || n == header::TRAILER
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
 }
 
 /// `keep-alive` / `close` name no other header, so there is nothing more to strip.
@@ -111,16 +128,12 @@ pub fn uuid_v4() -> HeaderValue {
 
 pub fn server(h: &mut HeaderMap, rule: &ServerHeader) {
     match rule {
-        ServerHeader::Overwrite(name) => {
-            if let Ok(v) = HeaderValue::from_str(name) {
-                h.insert(header::SERVER, v);
-            }
+        ServerHeader::Overwrite(v) => {
+            h.insert(header::SERVER, v.clone());
         }
-        ServerHeader::AppendIfAbsent(name) => {
+        ServerHeader::AppendIfAbsent(v) => {
             if !h.contains_key(header::SERVER) {
-                if let Ok(v) = HeaderValue::from_str(name) {
-                    h.insert(header::SERVER, v);
-                }
+                h.insert(header::SERVER, v.clone());
             }
         }
         ServerHeader::PassThrough => {}

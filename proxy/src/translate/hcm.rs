@@ -53,7 +53,8 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         }
     }
     let server_name = if h.server_name.is_empty() { "outrigger".to_string() } else { h.server_name.clone() };
-    http::HeaderValue::from_str(&server_name).map_err(|_| ctx.field("server_name").err("invalid header value"))?;
+    let server_name =
+        http::HeaderValue::from_str(&server_name).map_err(|_| ctx.field("server_name").err("invalid header value"))?;
     let server_header = match ServerHeaderTransformation::try_from(h.server_header_transformation) {
         Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite(server_name),
         Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent(server_name),

@@ -55,6 +55,45 @@ pub fn parse_bootstrap(text: &str, is_json: bool) -> Result<Bootstrap, ConfigErr
 /// As [`parse_bootstrap`], with a descriptor pool the caller keeps (tests and benchmarks that
 /// parse many configs).
 pub fn parse_bootstrap_with(pool: &DescriptorPool, text: &str, is_json: bool) -> Result<Bootstrap, ConfigError> {
+    let parsed = match parse_checked(pool, text, is_json) {
+        // serde_json's errors carry no field path; the YAML reader (JSON is YAML) reports the
+        // same failure with one; the JSON reader's position is the more precise.
+        Err(ConfigError::Syntax { file, line, column, message }) if is_json => match parse_checked(pool, text, false) {
+            Err(ConfigError::Syntax { message, .. }) => Err(ConfigError::Syntax { file, line, column, message }),
+            _ => Err(ConfigError::Syntax { file, line, column, message }),
+        },
+        other => other,
+    };
+    parsed.map_err(|e| match e {
+        ConfigError::Syntax { file, line, column, message } => {
+            ConfigError::Syntax { file, line, column, message: name_resource(text, is_json, message) }
+        }
+        other => other,
+    })
+}
+
+/// Syntax-level errors come with a field path; put the resource's name in front when the path is
+/// inside a listener or cluster, so the message says which one (as translation errors do).
+fn name_resource(text: &str, is_json: bool, message: String) -> String {
+    let kinds = [
+        ("static_resources.listeners[", "listener", "listeners"),
+        ("static_resources.clusters[", "cluster", "clusters"),
+    ];
+    for (prefix, kind, key) in kinds {
+        let Some(rest) = message.strip_prefix(prefix) else { continue };
+        let Some((idx, _)) = rest.split_once(']') else { continue };
+        let Ok(idx) = idx.parse::<usize>() else { continue };
+        let doc: Option<serde_json::Value> =
+            if is_json { serde_json::from_str(text).ok() } else { serde_yaml::from_str(text).ok() };
+        let name = doc.as_ref().and_then(|d| d["static_resources"][key][idx]["name"].as_str().map(str::to_string));
+        if let Some(name) = name {
+            return format!("{kind} \"{name}\": {message}");
+        }
+    }
+    message
+}
+
+fn parse_checked(pool: &DescriptorPool, text: &str, is_json: bool) -> Result<Bootstrap, ConfigError> {
     let desc = pool.get_message_by_name(BOOTSTRAP).expect("bootstrap descriptor");
     let opts = DeserializeOptions::new().deny_unknown_fields(true);
     let msg = if is_json {
@@ -88,10 +127,17 @@ pub fn parse_bootstrap_with(pool: &DescriptorPool, text: &str, is_json: bool) ->
     })
 }
 
-/// serde appends " at line X column Y"; we report the position in our own fields.
+/// serde appends " at line X column Y"; we report the position in our own fields. An `Any` whose
+/// type is not in our descriptor subset is an extension Outrigger does not implement.
 fn strip_pos(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    if let Some((path, rest)) = msg.rsplit_once(": message '") {
+        if let Some(name) = rest.strip_suffix("' not found") {
+            return format!("{path}: unsupported extension type.googleapis.com/{name}");
+        }
     }
+    msg.to_string()
 }

@@ -130,3 +130,39 @@ async fn upstream_status_codes_and_headers_pass_through() {
         assert_eq!(r.header("x-backend"), Some("app"));
     }
 }
+
+#[tokio::test]
+async fn idle_downstream_connection_is_closed_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("app");
+    let mut cfg = simple(&[b.addr]);
+    first_filter(&mut cfg, 0)["common_http_protocol_options"] = json!({"idle_timeout": "0.3s"});
+    let p = Proxy::start(&cfg);
+    let mut s = tokio::net::TcpStream::connect(p.addr("http")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: svc.test\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Nothing more is sent: the proxy closes the keep-alive connection once it has been idle.
+    let eof = tokio::time::timeout(outrigger_tests::WAIT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "connection still open after the idle timeout");
+}
+
+#[tokio::test]
+async fn busy_connection_outlives_idle_timeout() {
+    // A request slower than the idle timeout is not cut: idle means no request in progress.
+    let b = Backend::start_slow("app", 800);
+    let mut cfg = simple(&[b.addr]);
+    first_filter(&mut cfg, 0)["common_http_protocol_options"] = json!({"idle_timeout": "0.3s"});
+    let p = Proxy::start(&cfg);
+    let r = get_h1(p.addr("http"), "svc.test", "/slow", &[]).await;
+    assert_eq!(r.status, 200);
+}

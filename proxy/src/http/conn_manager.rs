@@ -21,7 +21,8 @@ where
     let cfg = hcm.config.clone();
     hcm.stats.cx.inc();
     hcm.stats.cx_active.inc();
-    let ctx = Arc::new(ConnCtx { snapshot, hcm: hcm.clone(), peer, tls: false });
+    let ctx = Arc::new(ConnCtx { snapshot, hcm: hcm.clone(), peer, tls: false, activity: Default::default() });
+    let activity = ctx.clone();
     let svc = service_fn(move |req| router::handle(ctx.clone(), req));
 
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -59,6 +60,20 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        _ = idle(&activity, cfg.idle_timeout) => {
+            tracing::debug!(%peer, "idle timeout");
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
     hcm.stats.cx_active.dec();
+}
+
+/// `common_http_protocol_options.idle_timeout`: no request for this long closes the connection
+/// (gracefully, so a response still streaming finishes first).
+async fn idle(ctx: &ConnCtx, timeout: Option<std::time::Duration>) {
+    match timeout {
+        Some(t) => ctx.activity.idle_for(t).await,
+        None => std::future::pending().await,
+    }
 }

@@ -26,6 +26,43 @@ pub struct ConnCtx {
     pub hcm: Arc<HttpManager>,
     pub peer: SocketAddr,
     pub tls: bool,
+    /// For the connection idle timeout: requests being handled, and when the last one ended.
+    pub activity: Activity,
+}
+
+/// A connection is idle when no request is being handled; `last` is when that started.
+pub struct Activity {
+    base: tokio::time::Instant,
+    active: std::sync::atomic::AtomicU32,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity { base: tokio::time::Instant::now(), active: Default::default(), last_ms: Default::default() }
+    }
+}
+
+impl Activity {
+    fn begin(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+    fn end(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Resolves once the connection has been idle for `timeout`.
+    pub async fn idle_for(&self, timeout: std::time::Duration) {
+        loop {
+            let last = self.base + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if self.active.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            tokio::time::sleep_until(if deadline > now { deadline } else { now + timeout }).await;
+        }
+    }
 }
 
 /// The access-log record of one request, written when the response ends.
@@ -50,6 +87,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
     let hcm = &ctx.hcm;
     hcm.stats.rq.inc();
     hcm.stats.rq_active.inc();
+    ctx.activity.begin();
     let mut log = hcm.log.as_ref().map(|l| Box::new(LogRecord::new(l.clone(), &ctx, &req)));
     let resp = match proxy(&ctx, req, &mut log).await {
         Ok(r) => r,
@@ -62,6 +100,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
         }
     };
     hcm.stats.rq_active.dec();
+    ctx.activity.end();
     hcm.stats.response(resp.status().as_u16());
     Ok(finish_response(&ctx, resp, log))
 }

@@ -66,7 +66,7 @@ async fn send_h1(
 ) -> Result<(Response<Incoming>, Option<PoolReturn>), Flag> {
     *req.version_mut() = Version::HTTP_11;
     // Reuse idle connections; a request that a stale connection did not take is sent again.
-    while let Some(mut sender) = ep.pool.take_h1() {
+    while let Some(mut sender) = ep.pool.take_h1(cluster.config.idle_timeout) {
         if sender.ready().await.is_err() {
             continue;
         }

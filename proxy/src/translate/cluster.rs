@@ -71,6 +71,11 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         }
         let opts: HttpProtocolOptions = decode_any(&octx, any, HTTP_OPTIONS)?;
         if let Some(common) = &opts.common_http_protocol_options {
+            if common.max_headers_count.is_some() {
+                return Err(octx
+                    .field("common_http_protocol_options.max_headers_count")
+                    .err("not supported for upstream connections"));
+            }
             if common.idle_timeout.is_some() {
                 idle_timeout = duration(&common.idle_timeout).filter(|d| !d.is_zero());
             }

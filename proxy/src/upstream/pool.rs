@@ -35,7 +35,8 @@ fn worker_id() -> usize {
 
 #[derive(Default)]
 struct Slot {
-    h1: Vec<http1::SendRequest<Incoming>>,
+    /// Idle connections with the time they went idle.
+    h1: Vec<(http1::SendRequest<Incoming>, std::time::Instant)>,
     h2: Option<http2::SendRequest<Incoming>>,
 }
 
@@ -72,13 +73,15 @@ impl Pool {
         self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle HTTP/1.1 connection that has not been closed by the peer.
-    pub fn take_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+    /// An idle HTTP/1.1 connection that the peer has not closed and that has not been idle for
+    /// longer than the cluster's `idle_timeout` (older ones are dropped, which closes them).
+    pub fn take_h1(&self, idle_timeout: Option<Duration>) -> Option<http1::SendRequest<Incoming>> {
         let mut s = self.slot();
-        while let Some(c) = s.h1.pop() {
-            if !c.is_closed() {
-                return Some(c);
+        while let Some((c, since)) = s.h1.pop() {
+            if c.is_closed() || idle_timeout.is_some_and(|t| since.elapsed() > t) {
+                continue;
             }
+            return Some(c);
         }
         None
     }
@@ -89,7 +92,7 @@ impl Pool {
         }
         let mut s = self.slot();
         if s.h1.len() < MAX_IDLE_H1 {
-            s.h1.push(c);
+            s.h1.push((c, std::time::Instant::now()));
         }
     }
 

@@ -1,4 +1,4 @@
-//! Bodies stream through the proxy: 256 MiB up and down pass while the proxy's resident memory
+//! Bodies stream through the proxy: 1 GiB up and down pass while the proxy's resident memory
 //! stays flat. The bound is on growth over the proxy's own footprint after start-up and a first
 //! request (sampled every 10 ms while the body flows), so that it measures streaming, not the
 //! size of the binary or of its config tables.
@@ -12,8 +12,8 @@ use outrigger_tests::client::{get, get_h1, send_h1, send_h2, to_h2};
 use outrigger_tests::config::*;
 use outrigger_tests::{Backend, Proxy};
 
-const BODY: u64 = 256 * 1024 * 1024;
-/// How much the proxy's RSS may grow while the body passes: an eighth of the body.
+const BODY: u64 = 1024 * 1024 * 1024;
+/// How much the proxy's RSS may grow while the body passes: 32 MiB, a thirty-second of the body.
 const MAX_GROWTH_KIB: u64 = 32 * 1024;
 const STREAM_TIMEOUT: Duration = Duration::from_secs(300);
 

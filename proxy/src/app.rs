@@ -1,6 +1,5 @@
 //! Wires the parts together: loads config, binds listeners, starts workers and the admin server,
 //! owns shutdown and drain.
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,8 +9,8 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::drain::{self, DrainTrigger};
-use crate::snapshot::Snapshot;
+use crate::listener::ListenerManager;
+use crate::snapshot::{self, Snapshot};
 use crate::upstream::{dns, pool};
 
 pub struct Options {
@@ -30,23 +29,27 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/front-proxy.yaml
 
 const STATE_LIVE: u8 = 0;
 const STATE_DRAINING: u8 = 1;
+const STATE_INITIALIZING: u8 = 2;
 
 pub struct App {
     pub live: Arc<ArcSwap<Snapshot>>,
-    pub bound: Vec<(String, SocketAddr)>,
+    pub listeners: ListenerManager,
     pub started: Instant,
     pub loaded_at: String,
     pub concurrency: usize,
+    /// Resources received over xDS, for `/config_dump` (None without dynamic_resources).
+    pub xds: Option<Arc<crate::xds::XdsDump>>,
     state: AtomicU8,
     quit: Notify,
-    listener_drain: Mutex<Option<DrainTrigger>>,
     log: LogControl,
+    apply_lock: Mutex<()>,
 }
 
 impl App {
     pub fn state(&self) -> &'static str {
         match self.state.load(Ordering::Relaxed) {
             STATE_LIVE => "LIVE",
+            STATE_INITIALIZING => "PRE_INITIALIZING",
             _ => "DRAINING",
         }
     }
@@ -59,10 +62,59 @@ impl App {
     /// Stops accepting on every listener and drains their connections (admin `/drain_listeners`).
     pub fn drain_listeners(&self) {
         self.state.store(STATE_DRAINING, Ordering::Relaxed);
-        if let Some(t) = self.listener_drain.lock().unwrap().as_ref() {
-            t.signal();
+        self.listeners.signal_all();
+    }
+    /// Ready once the first dynamic configuration is in (immediately for static config); it stays
+    /// ready if the control plane goes away later.
+    /// Whether every listener named is in the live snapshot (warm: its routes have arrived).
+    pub fn listeners_warm<'a>(&self, mut names: impl Iterator<Item = &'a String>) -> bool {
+        let snap = self.live.load();
+        names.all(|n| snap.listeners.iter().any(|l| &l.config.name == n))
+    }
+
+    pub fn mark_initialized(&self) {
+        let _ = self.state.compare_exchange(STATE_INITIALIZING, STATE_LIVE, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Binds new listeners, drains removed ones, then publishes the snapshot built from `inputs`.
+    /// On a bind failure nothing changes and the error is returned (an xDS update is NACKed).
+    pub fn apply(&self, inputs: snapshot::Inputs) -> Result<(), anyhow::Error> {
+        let _serial = self.apply_lock.lock().unwrap();
+        let previous = self.live.load_full();
+        let next = publishable(&self.listeners, inputs, Some(&previous))?;
+        for (name, c) in &next.clusters {
+            let is_new = previous.clusters.get(name).is_none_or(|old| !Arc::ptr_eq(old, c));
+            if is_new && dns::needs_dns(c) {
+                tokio::spawn(dns::refresh_loop(Arc::downgrade(c)));
+            }
+        }
+        self.live.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+/// Builds the snapshot and binds its listeners. Only warm listeners (routes present) are in a
+/// snapshot, and only those are bound. A listener on port 0 gets its real port written back, so
+/// that stats and admin name the address it is actually on.
+fn publishable(
+    manager: &ListenerManager,
+    mut inputs: snapshot::Inputs,
+    previous: Option<&Snapshot>,
+) -> anyhow::Result<Snapshot> {
+    let next = Snapshot::build_from(inputs.clone(), previous)?;
+    let mut warm: Vec<_> = next.listeners.iter().map(|l| l.config.clone()).collect();
+    manager.sync(&mut warm)?;
+    let resolved: std::collections::HashMap<&str, std::net::SocketAddr> =
+        warm.iter().map(|l| (l.name.as_str(), l.address)).collect();
+    if next.listeners.iter().all(|l| resolved.get(l.config.name.as_str()) == Some(&l.config.address)) {
+        return Ok(next);
+    }
+    for l in &mut inputs.listeners {
+        if let Some(a) = resolved.get(l.name.as_str()) {
+            l.address = *a;
         }
     }
+    Ok(Snapshot::build_from(inputs, previous)?)
 }
 
 /// Loads and compiles the bootstrap; errors are configuration errors (exit 1).
@@ -93,22 +145,23 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
     let concurrency = opts.concurrency.max(1);
     pool::set_worker_count(concurrency);
     let admin_addr = bootstrap.admin;
-    let mut bootstrap = bootstrap;
-    let mut sockets = Vec::new();
-    let mut bound = Vec::new();
-    for l in &mut bootstrap.listeners {
-        let s =
-            crate::listener::bind(l).with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.address))?;
-        // Port 0 becomes the port the OS chose, so stats and admin name the real address.
-        l.address = s.local_addr()?;
-        bound.push((l.name.clone(), l.address));
-        sockets.push((l.name.clone(), s));
-    }
-    let snapshot = Snapshot::build(1, bootstrap).context("building configuration")?;
-    let live = Arc::new(ArcSwap::from_pointee(snapshot));
-    let (trigger, drain) = drain::channel();
+    let dynamic = bootstrap.dynamic.clone();
 
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _guard = control.enter();
+    let mut worker_rx = Vec::new();
+    let mut worker_tx = Vec::new();
+    for _ in 0..concurrency {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        worker_tx.push(tx);
+        worker_rx.push(rx);
+    }
+    let listeners = ListenerManager::new(worker_tx, opts.drain_time);
+    let base = bootstrap.clone();
+    let inputs = snapshot::Inputs::from_bootstrap(1, bootstrap);
+    let snapshot = publishable(&listeners, inputs, None).context("building configuration")?;
+    let live = Arc::new(ArcSwap::from_pointee(snapshot));
+
     let admin_listener = match admin_addr {
         Some(a) => {
             if !a.ip().is_loopback() {
@@ -124,23 +177,19 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
     let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let app = Arc::new(App {
         live: live.clone(),
-        bound,
+        listeners,
         started: Instant::now(),
         loaded_at: crate::telemetry::access_log::now_rfc3339(),
         concurrency,
-        state: AtomicU8::new(STATE_LIVE),
+        xds: dynamic.as_ref().map(|_| Arc::new(crate::xds::XdsDump::default())),
+        state: AtomicU8::new(if dynamic.is_some() { STATE_INITIALIZING } else { STATE_LIVE }),
         quit: Notify::new(),
-        listener_drain: Mutex::new(Some(trigger)),
         log: opts.log,
+        apply_lock: Mutex::new(()),
     });
 
-    for worker in 0..concurrency {
-        let mut socks = Vec::new();
-        for (name, s) in &sockets {
-            socks.push((name.clone(), s.try_clone()?));
-        }
+    for (worker, rx) in worker_rx.into_iter().enumerate() {
         let live = live.clone();
-        let drain = drain.clone();
         std::thread::Builder::new().name(format!("worker-{worker}")).spawn(move || {
             pool::set_worker_id(worker);
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -150,24 +199,9 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
                     std::process::exit(1);
                 }
             };
-            rt.block_on(async move {
-                let loops: Vec<_> = socks
-                    .into_iter()
-                    .map(|(name, s)| {
-                        tokio::spawn(crate::listener::run_accept_loop(name, s, live.clone(), drain.clone()))
-                    })
-                    .collect();
-                drop(drain);
-                for l in loops {
-                    let _ = l.await;
-                }
-                // Connections finish on this runtime; the main thread decides when to exit.
-                std::future::pending::<()>().await
-            })
+            rt.block_on(crate::listener::manager::run_worker(rx, live))
         })?;
     }
-    drop(drain);
-    drop(sockets);
 
     control.block_on(async move {
         for c in app.live.load().clusters.values() {
@@ -179,17 +213,17 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
         if let Some(l) = admin_listener {
             tokio::spawn(crate::admin::serve(l, app.clone()));
         }
+        if let Some(d) = dynamic {
+            tokio::spawn(crate::xds::run(app.clone(), base, d));
+        }
         if let (Some(path), Some(addr)) = (&opts.admin_address_path, admin_bound) {
             std::fs::write(path, addr.to_string()).with_context(|| format!("writing {}", path.display()))?;
         }
-        tracing::info!(listeners = ?app.bound, admin = ?admin_bound, concurrency, "outrigger started");
+        tracing::info!(listeners = ?app.listeners.bound(), admin = ?admin_bound, concurrency, "outrigger started");
         wait_for_shutdown(&app).await;
         app.drain_listeners();
-        let trigger = app.listener_drain.lock().unwrap().take();
-        if let Some(t) = trigger {
-            if !t.drain(opts.drain_time).await {
-                tracing::warn!("drain deadline passed with connections still open");
-            }
+        if !app.listeners.drain_all(opts.drain_time).await {
+            tracing::warn!("drain deadline passed with connections still open");
         }
         tracing::info!("shutdown complete");
         Ok::<_, anyhow::Error>(())

@@ -13,3 +13,4 @@ pub mod tcp_proxy;
 pub mod telemetry;
 pub mod translate;
 pub mod upstream;
+pub mod xds;

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{self, ChainMatch, HttpConnManagerConfig, ListenerConfig, NetworkFilter, TcpProxyConfig};
+use crate::config::{
+    self, ChainMatch, HttpConnManagerConfig, ListenerConfig, NetworkFilter, RouteTable, TcpProxyConfig,
+};
 use crate::telemetry::access_log::Logger;
 use crate::telemetry::stats::{HttpStats, ListenerStats, TcpStats};
 use crate::upstream::Cluster;
@@ -44,6 +46,8 @@ pub struct TcpProxy {
 
 pub struct HttpManager {
     pub config: Arc<HttpConnManagerConfig>,
+    /// The route table: inline, or the RDS one current when this snapshot was built.
+    pub routes: Arc<RouteTable>,
     pub stats: HttpStats,
     pub log: Option<Logger>,
 }
@@ -54,11 +58,87 @@ pub enum BuildError {
     AccessLog { listener: String, source: std::io::Error },
 }
 
+/// Everything a snapshot is built from: the bootstrap's static resources plus what xDS delivered.
+#[derive(Clone)]
+pub struct Inputs {
+    pub version: u64,
+    pub node_id: String,
+    pub node_cluster: String,
+    pub listeners: Vec<ListenerConfig>,
+    pub clusters: Vec<config::ClusterConfig>,
+    /// RDS route tables by name.
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    /// EDS endpoints by service name.
+    pub endpoints: HashMap<String, Vec<config::EndpointConfig>>,
+    pub source: crate::translate::SourceConfig,
+}
+
+impl Inputs {
+    pub fn from_bootstrap(version: u64, b: config::Bootstrap) -> Inputs {
+        Inputs {
+            version,
+            node_id: b.node_id,
+            node_cluster: b.node_cluster,
+            listeners: b.listeners,
+            clusters: b.clusters,
+            routes: HashMap::new(),
+            endpoints: HashMap::new(),
+            source: b.source,
+        }
+    }
+}
+
 impl Snapshot {
     pub fn build(version: u64, b: config::Bootstrap) -> Result<Snapshot, BuildError> {
-        let clusters = b.clusters.into_iter().map(|c| (c.name.clone(), Cluster::new(c))).collect();
+        Snapshot::build_from(Inputs::from_bootstrap(version, b), None)
+    }
+
+    /// Builds the next snapshot. Warming follows Envoy: an EDS cluster is used only once its
+    /// endpoints have arrived, a listener only once its RDS routes have; until then the previous
+    /// version (if any) stays. Unchanged clusters keep their runtime object, so their connection
+    /// pools survive the update, and an endpoint change keeps the endpoints that remain.
+    pub fn build_from(inputs: Inputs, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
+        let mut clusters = HashMap::new();
+        for mut c in inputs.clusters {
+            if let config::DiscoveryType::Eds(service) = &c.discovery {
+                match inputs.endpoints.get(service) {
+                    Some(eps) => c.endpoints = eps.clone(),
+                    None => {
+                        if let Some(old) = previous.and_then(|p| p.clusters.get(&c.name)) {
+                            clusters.insert(c.name.clone(), old.clone());
+                        }
+                        continue;
+                    }
+                }
+            }
+            let reused =
+                previous.and_then(|p| p.clusters.get(&c.name)).filter(|old| same_but_endpoints(&old.config, &c));
+            let cluster = match reused {
+                Some(old) => {
+                    if matches!(c.discovery, config::DiscoveryType::Eds(_)) {
+                        old.update_endpoints(c.endpoints.iter().filter_map(ip_endpoint).collect());
+                    }
+                    old.clone()
+                }
+                None => Cluster::new(c.clone()),
+            };
+            clusters.insert(c.name, cluster);
+        }
         let mut listeners = Vec::new();
-        for l in b.listeners {
+        for l in inputs.listeners {
+            let rds_ready = l.filter_chains.iter().chain(l.default_filter_chain.iter()).all(|fc| match &fc.filter {
+                NetworkFilter::Http(h) => match &h.routes {
+                    config::RouteSource::Rds(name) => inputs.routes.contains_key(name),
+                    config::RouteSource::Inline(_) => true,
+                },
+                NetworkFilter::TcpProxy(_) => true,
+            });
+            if !rds_ready {
+                if let Some(old) = previous.and_then(|p| p.listeners.iter().find(|o| o.config.name == l.name)) {
+                    listeners.push(old.clone());
+                }
+                continue;
+            }
             let chain = |fc: &config::FilterChainConfig| -> Result<Chain, BuildError> {
                 let io = |source| BuildError::AccessLog { listener: l.name.clone(), source };
                 let filter = match &fc.filter {
@@ -70,6 +150,10 @@ impl Snapshot {
                     NetworkFilter::Http(h) => Filter::Http(Arc::new(HttpManager {
                         stats: HttpStats::new(&h.stat_prefix),
                         log: Logger::open(&h.access_log).map_err(io)?,
+                        routes: match &h.routes {
+                            config::RouteSource::Inline(t) => t.clone(),
+                            config::RouteSource::Rds(name) => inputs.routes[name].clone(),
+                        },
                         config: h.clone(),
                     })),
                 };
@@ -77,16 +161,40 @@ impl Snapshot {
             };
             let chains = l.filter_chains.iter().map(chain).collect::<Result<Vec<_>, _>>()?;
             let default_chain = l.default_filter_chain.as_ref().map(chain).transpose()?;
-            let addr = l.address.to_string().replace([':', '[', ']'], "_");
-            listeners.push(Arc::new(Listener { stats: ListenerStats::new(&addr), config: l, chains, default_chain }));
+            // Port 0 is not an address yet (the snapshot is rebuilt once bound): no series for it.
+            let stats = if l.address.port() == 0 {
+                ListenerStats::unregistered()
+            } else {
+                ListenerStats::new(&l.address.to_string().replace([':', '[', ']'], "_"))
+            };
+            listeners.push(Arc::new(Listener { stats, config: l, chains, default_chain }));
         }
         Ok(Snapshot {
-            version,
-            node_id: b.node_id,
-            node_cluster: b.node_cluster,
+            version: inputs.version,
+            node_id: inputs.node_id,
+            node_cluster: inputs.node_cluster,
             listeners,
             clusters,
-            source: b.source,
+            source: inputs.source,
         })
+    }
+}
+
+fn same_but_endpoints(a: &config::ClusterConfig, b: &config::ClusterConfig) -> bool {
+    a.name == b.name
+        && a.discovery == b.discovery
+        && a.lb == b.lb
+        && a.connect_timeout == b.connect_timeout
+        && a.protocol == b.protocol
+        && a.dns_refresh == b.dns_refresh
+        && a.dns_family == b.dns_family
+        && a.idle_timeout == b.idle_timeout
+        && (matches!(a.discovery, config::DiscoveryType::Eds(_)) || a.endpoints == b.endpoints)
+}
+
+fn ip_endpoint(e: &config::EndpointConfig) -> Option<(std::net::SocketAddr, u32)> {
+    match e {
+        config::EndpointConfig::Ip { addr, weight } => Some((*addr, *weight)),
+        config::EndpointConfig::Dns { .. } => None,
     }
 }

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// Runs `serve(listener)` on a dedicated thread until the returned guard is dropped.
-struct Runner {
+pub(crate) struct Runner {
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -45,7 +45,7 @@ impl Drop for Runner {
     }
 }
 
-fn run<F, Fut>(addr: SocketAddr, serve: F) -> (SocketAddr, Runner)
+pub(crate) fn run<F, Fut>(addr: SocketAddr, serve: F) -> (SocketAddr, Runner)
 where
     F: FnOnce(TcpListener) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
@@ -341,7 +341,7 @@ impl GrpcServer {
     }
 }
 
-mod tokio_stream_shim {
+pub(crate) mod tokio_stream_shim {
     use futures_util::Stream;
     use tokio::net::{TcpListener, TcpStream};
 

@@ -9,6 +9,7 @@
 //! `cargo build -p outrigger-proxy --bin outrigger` once per test process (a no-op when it is up to
 //! date) into the same target directory and profile as the test binary, so a test never runs a
 //! stale proxy.
+pub mod ads;
 pub mod backend;
 pub mod client;
 pub mod config;

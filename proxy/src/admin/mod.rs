@@ -118,15 +118,39 @@ fn config_dump(app: &App) -> serde_json::Value {
         .flatten()
         .map(|c| json!({"cluster": c, "last_updated": updated}))
         .collect();
+    // Resources from xDS, in Envoy's dump shapes, each with its version and update time.
+    let dynamic = app.xds.as_ref().map(|x| x.to_json()).unwrap_or_default();
+    let of = |type_url: &str, key: &str| -> Vec<serde_json::Value> {
+        dynamic[type_url]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                json!({"name": r["name"], "version_info": r["version_info"], "last_updated": r["last_updated"], key: r["resource"]})
+            })
+            .collect()
+    };
+    use crate::translate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    let dyn_listeners: Vec<_> = of(LISTENER, "listener")
+        .into_iter()
+        .map(|mut l| {
+            let name = l["name"].take();
+            json!({"name": name, "active_state": l})
+        })
+        .collect();
     json!({"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": b, "last_updated": updated},
-        {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snap.version.to_string(), "static_listeners": listeners},
-        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snap.version.to_string(), "static_clusters": clusters},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snap.version.to_string(),
+         "static_listeners": listeners, "dynamic_listeners": dyn_listeners},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snap.version.to_string(),
+         "static_clusters": clusters, "dynamic_active_clusters": of(CLUSTER, "cluster")},
+        {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": of(ROUTE, "route_config")},
+        {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs": of(ENDPOINT, "endpoint_config")},
     ]})
 }
 
 fn listeners(app: &App, as_json: bool) -> Response<Full<Bytes>> {
-    let bound: Vec<(String, SocketAddr)> = app.bound.clone();
+    let bound: Vec<(String, SocketAddr)> = app.listeners.bound();
     if as_json {
         let list: Vec<_> = bound
             .iter()

@@ -1,10 +1,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiscoveryType {
     Static,
     StrictDns,
+    /// Endpoints from EDS, by service name (the cluster name when the config leaves it empty).
+    Eds(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub enum EndpointConfig {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
     pub discovery: DiscoveryType,

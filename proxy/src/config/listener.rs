@@ -48,6 +48,14 @@ pub struct TcpProxyConfig {
     pub access_log: Vec<AccessLogSink>,
 }
 
+/// Where an HTTP connection manager's routes come from.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    Inline(Arc<RouteTable>),
+    /// RDS, by route configuration name.
+    Rds(String),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     Auto,
@@ -79,7 +87,7 @@ pub enum AccessLogSink {
 pub struct HttpConnManagerConfig {
     pub stat_prefix: String,
     pub codec: Codec,
-    pub routes: Arc<RouteTable>,
+    pub routes: RouteSource,
     pub server_header: ServerHeader,
     pub use_remote_address: bool,
     pub skip_xff_append: bool,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 pub use cluster::{ClusterConfig, DiscoveryType, EndpointConfig, LbPolicy, UpstreamProtocol};
 pub use listener::{
     AccessLogSink, ChainMatch, Codec, FilterChainConfig, HttpConnManagerConfig, ListenerConfig, NetworkFilter,
-    ServerHeader, TcpProxyConfig, UpgradeKind,
+    RouteSource, ServerHeader, TcpProxyConfig, UpgradeKind,
 };
 pub use route::{
     Action, DomainMatcher, HeaderMatch, PathMatch, QueryMatch, Redirect, Route, RouteAction, RouteTable, StringMatch,
@@ -23,6 +23,19 @@ pub struct Bootstrap {
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
+    /// `dynamic_resources`: LDS and CDS over ADS from this (static) cluster.
+    pub dynamic: Option<DynamicConfig>,
     /// The loaded resources, for `/config_dump`.
     pub source: crate::translate::SourceConfig,
+}
+
+/// ADS settings from the bootstrap's `dynamic_resources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicConfig {
+    /// The static cluster the ADS server is reached through (`envoy_grpc.cluster_name`).
+    pub ads_cluster: String,
+    /// Listeners come from LDS (`lds_config: {ads: {}}`).
+    pub lds: bool,
+    /// Clusters come from CDS (`cds_config: {ads: {}}`).
+    pub cds: bool,
 }

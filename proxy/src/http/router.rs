@@ -171,7 +171,7 @@ async fn proxy(
         method: req.method(),
         headers: req.headers(),
     };
-    let Some(route) = route_match::select(&cfg.routes, &input) else { return Err(Flag::NoRoute) };
+    let Some(route) = route_match::select(&ctx.hcm.routes, &input) else { return Err(Flag::NoRoute) };
     if let Some(l) = log.as_mut() {
         l.entry.route_name = Some(route.name.clone());
     }

@@ -32,6 +32,10 @@ pub struct Metrics {
     tcp_cx: Family<Labels, Counter>,
     tcp_rx: Family<Labels, Counter>,
     tcp_tx: Family<Labels, Counter>,
+    /// 1 while the ADS stream is up (Envoy's `control_plane.connected_state`).
+    pub xds_connected: Gauge,
+    xds_update_success: Family<Labels, Counter>,
+    xds_update_rejected: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static Metrics {
@@ -61,6 +65,9 @@ impl Metrics {
             tcp_cx: Family::default(),
             tcp_rx: Family::default(),
             tcp_tx: Family::default(),
+            xds_connected: Gauge::default(),
+            xds_update_success: Family::default(),
+            xds_update_rejected: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap();
@@ -94,8 +101,24 @@ impl Metrics {
             r.register("envoy_tcp_downstream_cx", "TCP proxy connections", m.tcp_cx.clone());
             r.register("envoy_tcp_downstream_cx_rx_bytes", "Bytes received from downstream", m.tcp_rx.clone());
             r.register("envoy_tcp_downstream_cx_tx_bytes", "Bytes sent to downstream", m.tcp_tx.clone());
+            r.register(
+                "envoy_control_plane_connected_state",
+                "1 while the xDS stream is connected",
+                m.xds_connected.clone(),
+            );
+            r.register("envoy_xds_update_success", "xDS responses applied, by type", m.xds_update_success.clone());
+            r.register(
+                "envoy_xds_update_rejected",
+                "xDS responses rejected (NACK), by type",
+                m.xds_update_rejected.clone(),
+            );
         }
         m
+    }
+
+    pub fn xds_update(&self, kind: &str, accepted: bool) {
+        let f = if accepted { &self.xds_update_success } else { &self.xds_update_rejected };
+        f.get_or_create(&l("type", kind)).inc();
     }
 
     pub fn render(&self) -> String {
@@ -133,6 +156,11 @@ impl ListenerStats {
             cx: m.listener_cx.get_or_create(&lb).clone(),
             cx_active: m.listener_cx_active.get_or_create(&lb).clone(),
         }
+    }
+
+    /// Counters that are not exported (for a listener whose address is not known yet).
+    pub fn unregistered() -> Self {
+        ListenerStats { cx: Counter::default(), cx_active: Gauge::default() }
     }
 }
 

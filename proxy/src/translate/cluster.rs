@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     address::Address as AddrKind, socket_address::PortSpecifier, HealthStatus,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions},
     HttpProtocolOptions,
@@ -34,7 +35,16 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         Some(ClusterDiscoveryType::Type(t)) => match PbDiscovery::try_from(*t) {
             Ok(PbDiscovery::Static) => DiscoveryType::Static,
             Ok(PbDiscovery::StrictDns) => DiscoveryType::StrictDns,
-            _ => return Err(ctx.field("type").err("only STATIC and STRICT_DNS are supported")),
+            Ok(PbDiscovery::Eds) => {
+                let eds = c.eds_cluster_config.as_ref();
+                super::ads_source(
+                    &ctx.field("eds_cluster_config.eds_config"),
+                    &eds.and_then(|e| e.eds_config.clone()),
+                )?;
+                let service = eds.map(|e| e.service_name.clone()).filter(|s| !s.is_empty());
+                DiscoveryType::Eds(service.unwrap_or_else(|| c.name.clone()))
+            }
+            _ => return Err(ctx.field("type").err("only STATIC, STRICT_DNS and EDS are supported")),
         },
         Some(_) => return Err(ctx.field("cluster_type").err("custom cluster types are not supported")),
     };
@@ -113,56 +123,13 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         Ok(DnsLookupFamily::All) => DnsFamily::All,
         Err(_) => return Err(ctx.field("dns_lookup_family").err("unknown value")),
     };
-    let mut endpoints = Vec::new();
-    if let Some(la) = &c.load_assignment {
-        let lctx = ctx.field("load_assignment");
-        for (i, le) in la.endpoints.iter().enumerate() {
-            let lectx = lctx.index("endpoints", i);
-            if le.priority != 0 {
-                return Err(lectx.field("priority").err("priorities other than 0 are not supported"));
-            }
-            for (j, lb) in le.lb_endpoints.iter().enumerate() {
-                let ectx = lectx.index("lb_endpoints", j);
-                let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
-                if matches!(health, HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) {
-                    continue;
-                }
-                let weight = lb.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1);
-                if weight == 0 {
-                    return Err(ectx.field("load_balancing_weight").err("must be at least 1"));
-                }
-                let ep = match &lb.host_identifier {
-                    Some(HostIdentifier::Endpoint(e)) => e,
-                    _ => return Err(ectx.field("endpoint").err("endpoint is required")),
-                };
-                let actx = ectx.field("endpoint.address.socket_address");
-                let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
-                    Some(AddrKind::SocketAddress(sa)) => sa,
-                    _ => return Err(actx.err("a socket_address is required")),
-                };
-                let port = match sa.port_specifier {
-                    Some(PortSpecifier::PortValue(p)) => u16::try_from(p)
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| actx.field("port_value").err("port out of range"))?,
-                    _ => return Err(actx.field("port_value").err("port_value is required")),
-                };
-                let endpoint = match (sa.address.parse::<IpAddr>(), discovery) {
-                    (Ok(ip), _) => EndpointConfig::Ip { addr: (ip, port).into(), weight },
-                    (Err(_), DiscoveryType::StrictDns) if !sa.address.is_empty() => {
-                        EndpointConfig::Dns { host: sa.address.clone(), port, weight }
-                    }
-                    (Err(_), _) => {
-                        return Err(actx.field("address").err(format!(
-                            "\"{}\" is not an IP address (use type STRICT_DNS for host names)",
-                            sa.address
-                        )))
-                    }
-                };
-                endpoints.push(endpoint);
-            }
-        }
+    if matches!(discovery, DiscoveryType::Eds(_)) && c.load_assignment.is_some() {
+        return Err(ctx.field("load_assignment").err("an EDS cluster takes its endpoints from EDS"));
     }
+    let endpoints = match &c.load_assignment {
+        Some(la) => translate_endpoints(&ctx.field("load_assignment"), la, &discovery)?,
+        None => Vec::new(),
+    };
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -174,4 +141,60 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         dns_family,
         idle_timeout,
     })
+}
+
+/// A ClusterLoadAssignment (inline or from EDS) → endpoints. Host names are only allowed for
+/// STRICT_DNS clusters.
+pub fn translate_endpoints(
+    lctx: &Ctx,
+    la: &ClusterLoadAssignment,
+    discovery: &DiscoveryType,
+) -> Result<Vec<EndpointConfig>, ConfigError> {
+    let mut endpoints = Vec::new();
+    for (i, le) in la.endpoints.iter().enumerate() {
+        let lectx = lctx.index("endpoints", i);
+        if le.priority != 0 {
+            return Err(lectx.field("priority").err("priorities other than 0 are not supported"));
+        }
+        for (j, lb) in le.lb_endpoints.iter().enumerate() {
+            let ectx = lectx.index("lb_endpoints", j);
+            let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
+            if matches!(health, HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) {
+                continue;
+            }
+            let weight = lb.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1);
+            if weight == 0 {
+                return Err(ectx.field("load_balancing_weight").err("must be at least 1"));
+            }
+            let ep = match &lb.host_identifier {
+                Some(HostIdentifier::Endpoint(e)) => e,
+                _ => return Err(ectx.field("endpoint").err("endpoint is required")),
+            };
+            let actx = ectx.field("endpoint.address.socket_address");
+            let sa = match ep.address.as_ref().and_then(|a| a.address.as_ref()) {
+                Some(AddrKind::SocketAddress(sa)) => sa,
+                _ => return Err(actx.err("a socket_address is required")),
+            };
+            let port = match sa.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| actx.field("port_value").err("port out of range"))?,
+                _ => return Err(actx.field("port_value").err("port_value is required")),
+            };
+            let endpoint = match (sa.address.parse::<IpAddr>(), discovery) {
+                (Ok(ip), _) => EndpointConfig::Ip { addr: (ip, port).into(), weight },
+                (Err(_), DiscoveryType::StrictDns) if !sa.address.is_empty() => {
+                    EndpointConfig::Dns { host: sa.address.clone(), port, weight }
+                }
+                (Err(_), _) => {
+                    return Err(actx
+                        .field("address")
+                        .err(format!("\"{}\" is not an IP address (use type STRICT_DNS for host names)", sa.address)))
+                }
+            };
+            endpoints.push(endpoint);
+        }
+    }
+    Ok(endpoints)
 }

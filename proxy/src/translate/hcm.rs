@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 
 use super::{decode_any, duration, route::translate_route_config_in, ConfigError, Ctx};
-use crate::config::{AccessLogSink, Codec, HttpConnManagerConfig, ServerHeader};
+use crate::config::{AccessLogSink, Codec, HttpConnManagerConfig, RouteSource, ServerHeader};
 
 const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
 const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
@@ -28,11 +28,17 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         _ => return Err(ctx.field("codec_type").err("only AUTO, HTTP1 and HTTP2 are supported")),
     };
     let routes = match &h.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => Arc::new(translate_route_config_in(&ctx.field("route_config"), rc)?),
-        Some(RouteSpecifier::Rds(_)) => {
-            return Err(ctx.field("rds").err("RDS needs dynamic configuration (xDS), not supported yet"))
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            RouteSource::Inline(Arc::new(translate_route_config_in(&ctx.field("route_config"), rc)?))
         }
-        _ => return Err(ctx.field("route_config").err("an inline route_config is required")),
+        Some(RouteSpecifier::Rds(rds)) => {
+            super::ads_source(&ctx.field("rds.config_source"), &rds.config_source)?;
+            if rds.route_config_name.is_empty() {
+                return Err(ctx.field("rds.route_config_name").err("route_config_name is required"));
+            }
+            RouteSource::Rds(rds.route_config_name.clone())
+        }
+        _ => return Err(ctx.field("route_config").err("route_config or rds is required")),
     };
     // The router must be the last (and, for now, only) HTTP filter.
     if h.http_filters.is_empty() {

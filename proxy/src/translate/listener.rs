@@ -43,10 +43,17 @@ pub fn translate_bootstrap(b: &PbBootstrap) -> Result<config::Bootstrap, ConfigE
         }
         clusters.push(translate_cluster_in(&ctx, c)?);
     }
-    check_cluster_refs(&listeners, &cnames)?;
+    let dynamic = match &b.dynamic_resources {
+        None => None,
+        Some(d) => Some(dynamic_resources(&Ctx::new("dynamic_resources"), d, &cnames)?),
+    };
+    // With CDS, static routes may name clusters that arrive later (they answer 503 NC until then).
+    if !dynamic.as_ref().is_some_and(|d| d.cds) {
+        check_cluster_refs(&listeners, &cnames)?;
+    }
     let node = b.node.clone().unwrap_or_default();
     let source = super::SourceConfig(std::sync::Arc::new(b.clone()));
-    Ok(config::Bootstrap { node_id: node.id, node_cluster: node.cluster, admin, listeners, clusters, source })
+    Ok(config::Bootstrap { node_id: node.id, node_cluster: node.cluster, admin, listeners, clusters, dynamic, source })
 }
 
 /// Static config must be self-consistent: a route or tcp_proxy naming a cluster that does not
@@ -57,21 +64,23 @@ fn check_cluster_refs(listeners: &[ListenerConfig], clusters: &HashSet<String>) 
             let ctx = Ctx::new(format!("listener \"{}\"", l.name)).field(&format!("filter_chain \"{}\"", fc.name));
             let missing: Vec<String> = match &fc.filter {
                 NetworkFilter::TcpProxy(t) => t.clusters.iter().map(|c| c.0.clone()).collect(),
-                NetworkFilter::Http(h) => h
-                    .routes
-                    .virtual_hosts
-                    .iter()
-                    .flat_map(|v| v.routes.iter())
-                    .flat_map(|r| match &r.action {
-                        config::Action::Route(a) => match &a.target {
-                            config::WeightedTarget::Single(c) => vec![c.clone()],
-                            config::WeightedTarget::Weighted { clusters, .. } => {
-                                clusters.iter().map(|c| c.0.clone()).collect()
-                            }
-                        },
-                        _ => vec![],
-                    })
-                    .collect(),
+                NetworkFilter::Http(h) => match &h.routes {
+                    config::RouteSource::Inline(t) => t.as_ref(),
+                    config::RouteSource::Rds(_) => continue,
+                }
+                .virtual_hosts
+                .iter()
+                .flat_map(|v| v.routes.iter())
+                .flat_map(|r| match &r.action {
+                    config::Action::Route(a) => match &a.target {
+                        config::WeightedTarget::Single(c) => vec![c.clone()],
+                        config::WeightedTarget::Weighted { clusters, .. } => {
+                            clusters.iter().map(|c| c.0.clone()).collect()
+                        }
+                    },
+                    _ => vec![],
+                })
+                .collect(),
             };
             if let Some(c) = missing.iter().find(|c| !clusters.contains(*c)) {
                 return Err(ctx.err(format!("references unknown cluster \"{c}\"")));
@@ -81,7 +90,7 @@ fn check_cluster_refs(listeners: &[ListenerConfig], clusters: &HashSet<String>) 
     Ok(())
 }
 
-fn translate_listener_in(ctx: &Ctx, l: &Listener) -> Result<ListenerConfig, ConfigError> {
+pub(crate) fn translate_listener_in(ctx: &Ctx, l: &Listener) -> Result<ListenerConfig, ConfigError> {
     if l.name.is_empty() {
         return Err(ctx.field("name").err("a listener needs a name"));
     }
@@ -234,4 +243,39 @@ pub(crate) fn data_source(ctx: &Ctx, ds: &DataSource) -> Result<bytes::Bytes, Co
         }
         _ => return Err(ctx.err("unsupported data source")),
     })
+}
+
+fn dynamic_resources(
+    ctx: &Ctx,
+    d: &envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
+    static_clusters: &HashSet<String>,
+) -> Result<config::DynamicConfig, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::{api_config_source::ApiType, grpc_service::TargetSpecifier};
+    let ads = d.ads_config.as_ref().ok_or_else(|| ctx.field("ads_config").err("ads_config is required"))?;
+    let actx = ctx.field("ads_config");
+    match ApiType::try_from(ads.api_type) {
+        Ok(ApiType::Grpc) => {}
+        Ok(ApiType::DeltaGrpc) => return Err(actx.field("api_type").err("DELTA_GRPC is not supported yet; use GRPC")),
+        _ => return Err(actx.field("api_type").err("only GRPC is supported")),
+    }
+    if ads.grpc_services.len() != 1 {
+        return Err(actx.field("grpc_services").err("exactly one grpc_service is required"));
+    }
+    let ads_cluster = match &ads.grpc_services[0].target_specifier {
+        Some(TargetSpecifier::EnvoyGrpc(g)) => g.cluster_name.clone(),
+        _ => return Err(actx.index("grpc_services", 0).err("envoy_grpc with a cluster_name is required")),
+    };
+    if !static_clusters.contains(&ads_cluster) {
+        return Err(actx
+            .index("grpc_services", 0)
+            .field("envoy_grpc.cluster_name")
+            .err(format!("\"{ads_cluster}\" must be a static cluster")));
+    }
+    if d.lds_config.is_some() {
+        super::ads_source(&ctx.field("lds_config"), &d.lds_config)?;
+    }
+    if d.cds_config.is_some() {
+        super::ads_source(&ctx.field("cds_config"), &d.cds_config)?;
+    }
+    Ok(config::DynamicConfig { ads_cluster, lds: d.lds_config.is_some(), cds: d.cds_config.is_some() })
 }

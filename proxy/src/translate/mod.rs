@@ -3,6 +3,7 @@ mod cluster;
 mod hcm;
 mod listener;
 mod load;
+pub mod resource;
 mod route;
 mod strict;
 
@@ -95,6 +96,20 @@ pub(crate) fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) 
 }
 
 pub use listener::translate_bootstrap;
+
+/// A `ConfigSource` must be `ads: {}` (xDS over the bootstrap's ADS stream): the only transport
+/// Outrigger implements.
+pub(crate) fn ads_source(
+    ctx: &Ctx,
+    src: &Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
+) -> Result<(), ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    match src.as_ref().and_then(|s| s.config_source_specifier.as_ref()) {
+        Some(ConfigSourceSpecifier::Ads(_)) => Ok(()),
+        Some(_) => Err(ctx.err("only ads: {} config sources are supported")),
+        None => Err(ctx.err("a config source (ads: {}) is required")),
+    }
+}
 
 /// The resources as loaded, kept only to answer `/config_dump`.
 #[derive(Clone)]

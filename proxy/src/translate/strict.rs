@@ -9,7 +9,18 @@ use super::ConfigError;
 /// Message type → the fields Outrigger honours. `"*"` accepts every field without looking inside
 /// (informational messages such as `Node` and `Metadata`).
 const SUPPORTED: &[(&str, &[&str])] = &[
-    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "static_resources", "admin"]),
+    ("envoy.config.bootstrap.v3.Bootstrap", &["node", "static_resources", "dynamic_resources", "admin"]),
+    ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources", &["lds_config", "cds_config", "ads_config"]),
+    ("envoy.config.core.v3.ConfigSource", &["ads", "resource_api_version", "initial_fetch_timeout"]),
+    ("envoy.config.core.v3.AggregatedConfigSource", &[]),
+    (
+        "envoy.config.core.v3.ApiConfigSource",
+        &["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"],
+    ),
+    ("envoy.config.core.v3.GrpcService", &["envoy_grpc", "timeout"]),
+    ("envoy.config.core.v3.GrpcService.EnvoyGrpc", &["cluster_name", "authority"]),
+    ("envoy.extensions.filters.network.http_connection_manager.v3.Rds", &["config_source", "route_config_name"]),
+    ("envoy.config.cluster.v3.Cluster.EdsClusterConfig", &["eds_config", "service_name"]),
     ("envoy.config.bootstrap.v3.Bootstrap.StaticResources", &["listeners", "clusters"]),
     ("envoy.config.bootstrap.v3.Admin", &["address"]),
     ("envoy.config.core.v3.Node", &["*"]),
@@ -58,6 +69,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "stat_prefix",
             "codec_type",
             "route_config",
+            "rds",
             "http_filters",
             "server_name",
             "server_header_transformation",
@@ -160,6 +172,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "connect_timeout",
             "lb_policy",
             "load_assignment",
+            "eds_cluster_config",
             "typed_extension_protocol_options",
             "http2_protocol_options",
             "dns_refresh_rate",
@@ -169,7 +182,8 @@ const SUPPORTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
-    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints"]),
+    ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints", "policy"]),
+    ("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", &["overprovisioning_factor"]),
     ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints", "locality", "priority"]),
     ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "load_balancing_weight", "metadata", "health_status"]),
     ("envoy.config.endpoint.v3.Endpoint", &["address", "hostname"]),
@@ -189,6 +203,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
 
 fn supported(type_name: &str) -> Option<&'static [&'static str]> {
     SUPPORTED.iter().find(|(n, _)| *n == type_name).map(|(_, f)| *f)
+}
+
+/// Checks one xDS resource (Listener, Cluster, RouteConfiguration, ClusterLoadAssignment).
+pub fn check_resource(pool: &DescriptorPool, msg: &DynamicMessage) -> Result<(), ConfigError> {
+    let mut c = Checker { pool, resource: String::new() };
+    c.resource_scoped(msg, "")
 }
 
 /// Checks a whole bootstrap. Errors name the top-level resource (`listener "x"`, `cluster "y"`)
@@ -262,14 +282,16 @@ impl Checker<'_> {
 
     /// Listeners and clusters are the resources users name; errors inside them say which one.
     fn resource_scoped(&mut self, m: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
-        let kind = match m.descriptor().full_name() {
-            "envoy.config.listener.v3.Listener" => "listener",
-            "envoy.config.cluster.v3.Cluster" => "cluster",
-            "envoy.config.route.v3.RouteConfiguration" => "route_config",
+        let (kind, name_field) = match m.descriptor().full_name() {
+            "envoy.config.listener.v3.Listener" => ("listener", "name"),
+            "envoy.config.cluster.v3.Cluster" => ("cluster", "name"),
+            "envoy.config.route.v3.RouteConfiguration" => ("route_config", "name"),
+            "envoy.config.endpoint.v3.ClusterLoadAssignment" => ("cluster_load_assignment", "cluster_name"),
             _ => return self.message(m, path),
         };
-        let name = m.get_field_by_name("name").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        let saved = std::mem::replace(&mut self.resource, format!("{kind} \"{name}\" ({path})"));
+        let name = m.get_field_by_name(name_field).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let label = if path.is_empty() { format!("{kind} \"{name}\"") } else { format!("{kind} \"{name}\" ({path})") };
+        let saved = std::mem::replace(&mut self.resource, label);
         let r = self.message(m, "");
         self.resource = saved;
         r

@@ -1,0 +1,235 @@
+//! The proxy as an xDS client: listeners, routes, clusters and endpoints arrive over one ADS
+//! stream (state of the world) from a test control plane; updates apply live, bad ones are
+//! NACKed while the last good config serves, and a lost control plane never stops traffic.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use outrigger_tests::ads::{AdsServer, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use outrigger_tests::client::get_h1;
+use outrigger_tests::config::*;
+use outrigger_tests::{eventually, Backend, Proxy, WAIT};
+use serde_json::{json, Value};
+
+/// A bootstrap with no listeners of its own: LDS and CDS over ADS from the static `xds` cluster.
+fn dynamic_bootstrap(ads: SocketAddr) -> Value {
+    let mut b = bootstrap(vec![], vec![http2(cluster("xds", &[ads]))]);
+    b["dynamic_resources"] = json!({
+        "ads_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+        },
+        "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        "cds_config": {"ads": {}, "resource_api_version": "V3"},
+    });
+    b
+}
+
+fn rds_listener(name: &str, route_config: &str) -> Value {
+    json!({
+        "name": name,
+        "address": socket("127.0.0.1", 0),
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": name,
+            "rds": {"route_config_name": route_config, "config_source": {"ads": {}, "resource_api_version": "V3"}},
+            "http_filters": [{"name": "router", "typed_config": {"@type": ROUTER_TYPE}}],
+        }}]}],
+    })
+}
+
+fn eds_cluster(name: &str) -> Value {
+    json!({
+        "name": name,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
+    })
+}
+
+fn assignment(name: &str, endpoints: &[SocketAddr]) -> Value {
+    let eps: Vec<Value> =
+        endpoints.iter().map(|a| json!({"endpoint": {"address": socket(&a.ip().to_string(), a.port())}})).collect();
+    json!({"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]})
+}
+
+fn weighted_routes(name: &str, weights: &[(&str, u32)]) -> Value {
+    let clusters: Vec<Value> = weights.iter().map(|(c, w)| json!({"name": c, "weight": w})).collect();
+    json!({"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": clusters}}}
+    ]}]})
+}
+
+/// Control plane with listener `dyn` → routes `r` → clusters `blue`/`green` (EDS).
+fn serve_blue_green(ads: &AdsServer, blue: &Backend, green: &Backend, weights: &[(&str, u32)]) {
+    ads.set(CLUSTER, vec![eds_cluster("blue"), eds_cluster("green")]);
+    ads.set(ENDPOINT, vec![assignment("blue", &[blue.addr]), assignment("green", &[green.addr])]);
+    ads.set(ROUTE, vec![weighted_routes("r", weights)]);
+    ads.set(LISTENER, vec![rds_listener("dyn", "r")]);
+}
+
+async fn backend_name(addr: SocketAddr) -> Option<String> {
+    let r = get_h1(addr, "svc.test", "/", &[]).await;
+    (r.status == 200).then(|| r.json()["backend"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn listeners_routes_clusters_and_endpoints_arrive_over_ads_and_serve_traffic() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    assert_eq!(backend_name(p.addr("dyn")).await.as_deref(), Some("blue"));
+
+    // Every type was ACKed: a request carrying the version it accepted and the nonce it answers.
+    let reqs = ads.requests();
+    for t in [LISTENER, CLUSTER, ROUTE, ENDPOINT] {
+        assert!(
+            reqs.iter().any(|r| r.type_url == t && !r.response_nonce.is_empty() && r.error_detail.is_none()),
+            "no ACK for {t}"
+        );
+    }
+    // RDS and EDS subscribe to exactly the names the listener and clusters need.
+    let rds = reqs.iter().rev().find(|r| r.type_url == ROUTE).unwrap();
+    assert_eq!(rds.resource_names, vec!["r"]);
+    let eds = reqs.iter().rev().find(|r| r.type_url == ENDPOINT).unwrap();
+    assert_eq!(eds.resource_names, vec!["blue", "green"]);
+    assert_eq!(reqs[0].node.as_ref().unwrap().id, "e2e");
+
+    let (_, dump) = p.admin_get("/config_dump");
+    let dump: Value = serde_json::from_str(&dump).unwrap();
+    let listeners = &dump["configs"][1]["dynamic_listeners"];
+    assert_eq!(listeners[0]["name"], "dyn", "{dump}");
+    assert!(listeners[0]["active_state"]["version_info"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(p.metric("envoy_xds_update_success_total{type=\"lds\"}") >= 1.0);
+    assert_eq!(p.metric("envoy_control_plane_connected_state"), 1.0);
+}
+
+#[tokio::test]
+async fn weight_shift_moves_traffic_within_a_second_and_no_request_fails() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100), ("green", 0)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let addr = p.addr("dyn");
+    assert_eq!(backend_name(addr).await.as_deref(), Some("blue"));
+
+    ads.set(ROUTE, vec![weighted_routes("r", &[("blue", 0), ("green", 100)])]);
+    let changed_at = tokio::time::Instant::now();
+    let mut first_green = None;
+    for _ in 0..400 {
+        let name = backend_name(addr).await.expect("a request failed during the update");
+        if name == "green" && first_green.is_none() {
+            first_green = Some(changed_at.elapsed());
+        }
+        if first_green.is_some_and(|t| changed_at.elapsed() > t + Duration::from_millis(200)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let shifted = first_green.expect("traffic never shifted to green");
+    assert!(shifted < Duration::from_secs(1), "shift took {shifted:?}");
+    // After the shift, everything goes to green.
+    for _ in 0..20 {
+        assert_eq!(backend_name(addr).await.as_deref(), Some("green"));
+    }
+}
+
+#[tokio::test]
+async fn invalid_resource_is_nacked_with_its_field_and_the_old_config_keeps_serving() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let addr = p.addr("dyn");
+
+    let mut bad = eds_cluster("blue");
+    bad["outlier_detection"] = json!({"consecutive_5xx": 3});
+    ads.set(CLUSTER, vec![bad, eds_cluster("green")]);
+    let nack = eventually("a NACK for CDS", WAIT, || {
+        ads.requests().into_iter().find(|r| r.type_url == CLUSTER && r.error_detail.is_some())
+    })
+    .await;
+    let msg = nack.error_detail.unwrap().message;
+    assert!(msg.contains("cluster \"blue\"") && msg.contains("outlier_detection"), "{msg}");
+    // The NACK names the version still in force, not the rejected one.
+    assert_eq!(nack.version_info, "1");
+    assert_eq!(backend_name(addr).await.as_deref(), Some("blue"));
+    assert!(p.metric("envoy_xds_update_rejected_total{type=\"cds\"}") >= 1.0);
+}
+
+#[tokio::test]
+async fn control_plane_restart_does_not_stop_traffic_and_the_proxy_resubscribes() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let addr = p.addr("dyn");
+    let streams = ads.streams();
+    let addr_ads = ads.addr;
+    drop(ads);
+    // Control plane gone: the last config keeps serving, and the proxy stays ready.
+    for _ in 0..20 {
+        assert_eq!(backend_name(addr).await.as_deref(), Some("blue"));
+    }
+    assert_eq!(p.admin_get("/ready").0, 200);
+    eventually("connected state drops to 0", WAIT, || {
+        (p.metric("envoy_control_plane_connected_state") == 0.0).then_some(())
+    })
+    .await;
+
+    // Restart on the same port, with the blue/green config flipped.
+    let ads = restart_on(addr_ads);
+    serve_blue_green(&ads, &blue, &green, &[("green", 100)]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // Every request succeeds while the proxy reconnects; then traffic follows the new config.
+        match backend_name(addr).await.as_deref() {
+            Some("green") => break,
+            Some("blue") => {}
+            other => panic!("request failed during reconnect: {other:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "traffic never followed the restarted control plane");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ads.streams() >= 1 && streams >= 1);
+    // On the new stream the proxy asked again for what it had, and said which versions it holds.
+    let reqs = ads.requests();
+    assert!(reqs.iter().any(|r| r.type_url == LISTENER && r.response_nonce.is_empty() && !r.version_info.is_empty()));
+}
+
+fn restart_on(addr: SocketAddr) -> AdsServer {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(s) = AdsServer::try_start_on(addr) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "cannot rebind {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn removed_listener_stops_accepting() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let mut second = rds_listener("second", "r");
+    second["name"] = json!("second");
+    ads.set(LISTENER, vec![rds_listener("dyn", "r"), second]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let addr = eventually("listener second bound", WAIT, || {
+        let (_, body) = p.admin_get("/listeners");
+        body.lines().find(|l| l.starts_with("second::")).map(|l| l["second::".len()..].parse::<SocketAddr>().unwrap())
+    })
+    .await;
+    assert_eq!(backend_name(addr).await.as_deref(), Some("blue"));
+    ads.set(LISTENER, vec![rds_listener("dyn", "r")]);
+    eventually("listener second gone", WAIT, || {
+        let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err();
+        refused.then_some(())
+    })
+    .await;
+    // The other listener is untouched.
+    assert_eq!(backend_name(p.addr("dyn")).await.as_deref(), Some("blue"));
+}

@@ -1,5 +1,6 @@
 //! Wires the parts together: loads config, binds listeners, starts workers and the admin server,
 //! owns shutdown and drain.
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,10 +79,10 @@ impl App {
 
     /// Binds new listeners, drains removed ones, then publishes the snapshot built from `inputs`.
     /// On a bind failure nothing changes and the error is returned (an xDS update is NACKed).
-    pub fn apply(&self, inputs: snapshot::Inputs) -> Result<(), anyhow::Error> {
+    pub fn apply(&self, inputs: snapshot::Inputs, changed: &HashSet<String>) -> Result<(), anyhow::Error> {
         let _serial = self.apply_lock.lock().unwrap();
         let previous = self.live.load_full();
-        let next = publishable(&self.listeners, inputs, Some(&previous))?;
+        let next = publishable(&self.listeners, inputs, Some(&previous), changed)?;
         for (name, c) in &next.clusters {
             let is_new = previous.clusters.get(name).is_none_or(|old| !Arc::ptr_eq(old, c));
             if is_new && dns::needs_dns(c) {
@@ -100,10 +101,11 @@ fn publishable(
     manager: &ListenerManager,
     mut inputs: snapshot::Inputs,
     previous: Option<&Snapshot>,
+    changed: &HashSet<String>,
 ) -> anyhow::Result<Snapshot> {
     let next = Snapshot::build_from(inputs.clone(), previous)?;
     let mut warm: Vec<_> = next.listeners.iter().map(|l| l.config.clone()).collect();
-    manager.sync(&mut warm)?;
+    manager.sync(&mut warm, changed)?;
     let resolved: std::collections::HashMap<&str, std::net::SocketAddr> =
         warm.iter().map(|l| (l.name.as_str(), l.address)).collect();
     if next.listeners.iter().all(|l| resolved.get(l.config.name.as_str()) == Some(&l.config.address)) {
@@ -159,7 +161,7 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
     let listeners = ListenerManager::new(worker_tx, opts.drain_time);
     let base = bootstrap.clone();
     let inputs = snapshot::Inputs::from_bootstrap(1, bootstrap);
-    let snapshot = publishable(&listeners, inputs, None).context("building configuration")?;
+    let snapshot = publishable(&listeners, inputs, None, &HashSet::new()).context("building configuration")?;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
 
     let admin_listener = match admin_addr {

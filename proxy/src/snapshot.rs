@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub node_cluster: String,
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// RDS route tables by name: a request on an existing connection routes with the current one.
+    pub rds: HashMap<String, Arc<RouteTable>>,
     pub source: crate::translate::SourceConfig,
 }
 
@@ -48,6 +50,8 @@ pub struct HttpManager {
     pub config: Arc<HttpConnManagerConfig>,
     /// The route table: inline, or the RDS one current when this snapshot was built.
     pub routes: Arc<RouteTable>,
+    /// The RDS name, when the routes come from RDS.
+    pub rds_name: Option<String>,
     pub stats: HttpStats,
     pub log: Option<Logger>,
 }
@@ -154,6 +158,10 @@ impl Snapshot {
                             config::RouteSource::Inline(t) => t.clone(),
                             config::RouteSource::Rds(name) => inputs.routes[name].clone(),
                         },
+                        rds_name: match &h.routes {
+                            config::RouteSource::Inline(_) => None,
+                            config::RouteSource::Rds(name) => Some(name.clone()),
+                        },
                         config: h.clone(),
                     })),
                 };
@@ -175,6 +183,7 @@ impl Snapshot {
             node_cluster: inputs.node_cluster,
             listeners,
             clusters,
+            rds: inputs.routes,
             source: inputs.source,
         })
     }

@@ -212,6 +212,11 @@ impl H1Conn {
         H1Conn(sender)
     }
 
+    /// Whether the proxy has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Resp {
         tokio::time::timeout(TIMEOUT, async {
             self.0.ready().await.expect("connection ready");

@@ -233,3 +233,76 @@ async fn removed_listener_stops_accepting() {
     // The other listener is untouched.
     assert_eq!(backend_name(p.addr("dyn")).await.as_deref(), Some("blue"));
 }
+
+#[tokio::test]
+async fn route_update_reaches_an_existing_keep_alive_connection() {
+    use outrigger_tests::client::{get, H1Conn};
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let mut conn = H1Conn::open(p.addr("dyn")).await;
+    assert_eq!(conn.send(get("svc.test", "/", &[])).await.json()["backend"], "blue");
+    ads.set(ROUTE, vec![weighted_routes("r", &[("green", 100)])]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    // The same connection: RDS applies to the next request, as in Envoy.
+    while conn.send(get("svc.test", "/", &[])).await.json()["backend"] != "green" {
+        assert!(tokio::time::Instant::now() < deadline, "the keep-alive connection never saw the new routes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn changed_listener_drains_connections_of_the_old_version() {
+    use outrigger_tests::client::{get, H1Conn};
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let addr = p.addr("dyn");
+    let mut old = H1Conn::open(addr).await;
+    assert_eq!(old.send(get("svc.test", "/", &[])).await.status, 200);
+    let mut changed = rds_listener("dyn", "r");
+    changed["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!("dyn_v2");
+    ads.set(LISTENER, vec![changed]);
+    eventually("the old version's idle connection is closed", WAIT, || old.is_closed().then_some(())).await;
+    // The listener itself kept its socket: new connections are served.
+    assert_eq!(backend_name(addr).await.as_deref(), Some("blue"));
+}
+
+#[tokio::test]
+async fn new_endpoint_joins_without_reconnecting_the_old_ones() {
+    let (a, b, green) = (Backend::start("a"), Backend::start("b"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &a, &green, &[("blue", 100)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let addr = p.addr("dyn");
+    for _ in 0..5 {
+        assert_eq!(backend_name(addr).await.as_deref(), Some("a"));
+    }
+    assert_eq!(a.connections(), 1, "sequential requests reuse one upstream connection");
+    ads.set(ENDPOINT, vec![assignment("blue", &[a.addr, b.addr]), assignment("green", &[green.addr])]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while b.requests() == 0 {
+        backend_name(addr).await.expect("a request failed during the endpoint update");
+        assert!(tokio::time::Instant::now() < deadline, "the new endpoint never took traffic");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.connections(), 1, "the existing endpoint's pooled connection was dropped");
+}
+
+#[tokio::test]
+async fn removing_a_listener_unsubscribes_its_routes() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let _ = p.addr("dyn");
+    ads.set(LISTENER, vec![]);
+    eventually("an RDS request without route names", WAIT, || {
+        let reqs = ads.requests();
+        let last = reqs.iter().rev().find(|r| r.type_url == ROUTE)?;
+        last.resource_names.is_empty().then_some(())
+    })
+    .await;
+}

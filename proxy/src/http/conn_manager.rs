@@ -14,14 +14,19 @@ use crate::config::Codec;
 use crate::drain::Drain;
 use crate::snapshot::{HttpManager, Snapshot};
 
-pub async fn serve<IO>(io: IO, peer: SocketAddr, snapshot: Arc<Snapshot>, hcm: Arc<HttpManager>, drain: Drain)
-where
+pub async fn serve<IO>(
+    io: IO,
+    peer: SocketAddr,
+    live: Arc<arc_swap::ArcSwap<Snapshot>>,
+    hcm: Arc<HttpManager>,
+    drain: Drain,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = hcm.config.clone();
     hcm.stats.cx.inc();
     hcm.stats.cx_active.inc();
-    let ctx = Arc::new(ConnCtx { snapshot, hcm: hcm.clone(), peer, tls: false, activity: Default::default() });
+    let ctx = Arc::new(ConnCtx { live, hcm: hcm.clone(), peer, tls: false, activity: Default::default() });
     let activity = ctx.clone();
     let svc = service_fn(move |req| router::handle(ctx.clone(), req));
 

@@ -22,7 +22,9 @@ use crate::telemetry::access_log::{now_rfc3339, Entry, Logger};
 
 /// What every request on a downstream connection shares.
 pub struct ConnCtx {
-    pub snapshot: Arc<Snapshot>,
+    /// The live snapshot: each request routes with the route tables and clusters current when
+    /// it starts (Envoy's RDS/CDS semantics); the listener settings stay the connection's own.
+    pub live: Arc<arc_swap::ArcSwap<Snapshot>>,
     pub hcm: Arc<HttpManager>,
     pub peer: SocketAddr,
     pub tls: bool,
@@ -171,7 +173,12 @@ async fn proxy(
         method: req.method(),
         headers: req.headers(),
     };
-    let Some(route) = route_match::select(&ctx.hcm.routes, &input) else { return Err(Flag::NoRoute) };
+    let snap = ctx.live.load_full();
+    let routes = match &ctx.hcm.rds_name {
+        Some(name) => snap.rds.get(name).unwrap_or(&ctx.hcm.routes),
+        None => &ctx.hcm.routes,
+    };
+    let Some(route) = route_match::select(routes, &input) else { return Err(Flag::NoRoute) };
     if let Some(l) = log.as_mut() {
         l.entry.route_name = Some(route.name.clone());
     }
@@ -189,7 +196,7 @@ async fn proxy(
     };
 
     let cluster_name = action.target.pick();
-    let Some(cluster) = ctx.snapshot.clusters.get(cluster_name) else {
+    let Some(cluster) = snap.clusters.get(cluster_name) else {
         return Ok(local_reply::response(action.cluster_not_found, ""));
     };
     if let Some(l) = log.as_mut() {

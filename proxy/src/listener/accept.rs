@@ -28,12 +28,15 @@ pub fn bind(cfg: &ListenerConfig) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Accepts until drain; each connection runs with the snapshot current at accept time.
+/// Accepts until `stop` fires. Each connection keeps the listener configuration current at
+/// accept time and the connection drain current at accept time: a listener update swaps in a new
+/// connection drain and fires the old one, so connections of the old version drain gracefully.
 pub async fn run_accept_loop(
     name: String,
     socket: std::net::TcpListener,
     live: Arc<ArcSwap<Snapshot>>,
-    drain: Drain,
+    stop: Drain,
+    conns: Arc<ArcSwap<Drain>>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(socket)?;
     loop {
@@ -47,16 +50,16 @@ pub async fn run_accept_loop(
                     continue;
                 }
             },
-            _ = drain.signaled() => return Ok(()),
+            _ = stop.signaled() => return Ok(()),
         };
-        let snapshot = live.load_full();
-        let drain = drain.clone();
-        let name = name.clone();
-        tokio::spawn(async move { handle(stream, peer, &name, snapshot, drain).await });
+        let drain = Drain::clone(&conns.load());
+        let (name, live) = (name.clone(), live.clone());
+        tokio::spawn(async move { handle(stream, peer, &name, live, drain).await });
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, listener: &str, snapshot: Arc<Snapshot>, drain: Drain) {
+async fn handle(stream: TcpStream, peer: SocketAddr, listener: &str, live: Arc<ArcSwap<Snapshot>>, drain: Drain) {
+    let snapshot = live.load_full();
     let Some(l) = snapshot.listeners.iter().find(|l| l.config.name == listener).cloned() else { return };
     let _ = stream.set_nodelay(true);
     l.stats.cx.inc();
@@ -69,7 +72,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &str, snapshot: A
     };
     let chain = filter_chain::select(&l.chains, l.default_chain.as_ref(), local.port(), &hello);
     match chain.map(|c| c.filter.clone()) {
-        Some(Filter::Http(hcm)) => crate::http::conn_manager::serve(stream, peer, snapshot, hcm, drain).await,
+        Some(Filter::Http(hcm)) => crate::http::conn_manager::serve(stream, peer, live, hcm, drain).await,
         Some(Filter::Tcp(tcp)) => crate::tcp_proxy::serve(stream, peer, snapshot, tcp, drain).await,
         None => tracing::debug!(%peer, listener, "no filter chain matched; closing"),
     }

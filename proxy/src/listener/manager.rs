@@ -1,7 +1,7 @@
 //! The listener manager: keeps the bound listeners in step with the snapshot. New listeners are
 //! bound once and handed to every worker; a removed listener (or one whose address changed) stops
 //! accepting and drains its connections, while the others are untouched.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,17 +13,34 @@ use crate::config::ListenerConfig;
 use crate::drain::{self, Drain, DrainTrigger};
 use crate::snapshot::Snapshot;
 
-/// A worker is told to accept on a (duplicated) listening socket until the drain fires.
+/// A worker is told to accept on a (duplicated) listening socket until `stop` fires; each
+/// connection it accepts takes the connection drain current at that moment.
 pub struct Accept {
     pub name: String,
     pub socket: std::net::TcpListener,
-    pub drain: Drain,
+    pub stop: Drain,
+    pub conns: Arc<ArcSwap<Drain>>,
 }
 
 struct Bound {
     configured: SocketAddr,
     bound: SocketAddr,
-    trigger: DrainTrigger,
+    /// Stops the accept loops.
+    stop: DrainTrigger,
+    /// The drain handed to new connections, and its trigger (one per listener version).
+    conns: Arc<ArcSwap<Drain>>,
+    conns_trigger: DrainTrigger,
+}
+
+impl Bound {
+    /// Stops accepting and drains every connection; resolves when they are gone or at `deadline`.
+    async fn close(self, deadline: Duration) -> bool {
+        self.stop.signal();
+        // Let go of the receiver kept for new connections, so the drain can complete.
+        self.conns.store(Arc::new(drain::channel().1));
+        let (a, b) = tokio::join!(self.stop.drain(deadline), self.conns_trigger.drain(deadline));
+        a && b
+    }
 }
 
 pub struct ListenerManager {
@@ -47,7 +64,7 @@ impl ListenerManager {
 
     /// Binds what is new (port 0 is resolved and written back into the config), drains what is
     /// gone. Binding happens before anything is changed, so a failure leaves everything as it was.
-    pub fn sync(&self, listeners: &mut [ListenerConfig]) -> Result<(), BindError> {
+    pub fn sync(&self, listeners: &mut [ListenerConfig], changed: &HashSet<String>) -> Result<(), BindError> {
         let mut bound = self.bound.lock().unwrap();
         let mut fresh = Vec::new();
         for l in listeners.iter_mut() {
@@ -73,20 +90,31 @@ impl ListenerManager {
             if let Some(b) = bound.remove(&name) {
                 tracing::info!(listener = %name, address = %b.bound, "listener removed: draining");
                 let deadline = self.drain_time;
-                tokio::spawn(async move {
-                    b.trigger.drain(deadline).await;
-                });
+                tokio::spawn(b.close(deadline));
+            }
+        }
+        // A listener updated in place keeps its socket; its existing connections drain.
+        for name in changed {
+            if let Some(b) = bound.get_mut(name) {
+                let (trigger, drain) = drain::channel();
+                b.conns.store(Arc::new(drain));
+                let old = std::mem::replace(&mut b.conns_trigger, trigger);
+                tracing::info!(listener = %name, "listener updated: draining connections of the old version");
+                tokio::spawn(old.drain(self.drain_time));
             }
         }
         for (name, configured, addr, socket) in fresh {
-            let (trigger, drain) = drain::channel();
+            let (stop, stop_rx) = drain::channel();
+            let (conns_trigger, conns_rx) = drain::channel();
+            let conns = Arc::new(ArcSwap::from_pointee(conns_rx));
             for w in &self.workers {
                 if let Ok(s) = socket.try_clone() {
-                    let _ = w.send(Accept { name: name.clone(), socket: s, drain: drain.clone() });
+                    let _ =
+                        w.send(Accept { name: name.clone(), socket: s, stop: stop_rx.clone(), conns: conns.clone() });
                 }
             }
             tracing::info!(listener = %name, address = %addr, "listener added");
-            bound.insert(name, Bound { configured, bound: addr, trigger });
+            bound.insert(name, Bound { configured, bound: addr, stop, conns, conns_trigger });
         }
         Ok(())
     }
@@ -100,14 +128,15 @@ impl ListenerManager {
     /// Stops accepting everywhere without waiting (admin `/drain_listeners`).
     pub fn signal_all(&self) {
         for b in self.bound.lock().unwrap().values() {
-            b.trigger.signal();
+            b.stop.signal();
+            b.conns_trigger.signal();
         }
     }
 
     /// Stops every listener and waits for their connections, up to `deadline`.
     pub async fn drain_all(&self, deadline: Duration) -> bool {
         let all: Vec<Bound> = self.bound.lock().unwrap().drain().map(|(_, b)| b).collect();
-        let waits = all.into_iter().map(|b| b.trigger.drain(deadline));
+        let waits = all.into_iter().map(|b| b.close(deadline));
         futures_util::future::join_all(waits).await.into_iter().all(|ok| ok)
     }
 }
@@ -115,7 +144,7 @@ impl ListenerManager {
 /// A worker's loop: accept on every listener it is handed.
 pub async fn run_worker(mut rx: mpsc::UnboundedReceiver<Accept>, live: Arc<ArcSwap<Snapshot>>) {
     while let Some(a) = rx.recv().await {
-        tokio::spawn(super::run_accept_loop(a.name, a.socket, live.clone(), a.drain));
+        tokio::spawn(super::run_accept_loop(a.name, a.socket, live.clone(), a.stop, a.conns));
     }
     // Connections finish on this runtime; the main thread decides when to exit.
     std::future::pending::<()>().await

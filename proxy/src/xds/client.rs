@@ -65,7 +65,8 @@ async fn session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
     while let Some(resp) = stream.message().await? {
         let kind = super::state::type_key(&resp.type_url).map(short).unwrap_or("unknown");
         let dump = app.xds.clone().unwrap_or_default();
-        let out = state.handle(&resp, |inputs| app.apply(inputs).map_err(|e| format!("{e:#}")), &dump);
+        let out =
+            state.handle(&resp, |inputs, changed| app.apply(inputs, changed).map_err(|e| format!("{e:#}")), &dump);
         match &out.error {
             None => {
                 metrics().xds_update(kind, true);

@@ -1,6 +1,6 @@
 //! What the ADS stream has delivered and accepted so far, per resource type, and the requests
 //! (ACK, NACK, subscription changes) that follow from each response.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -90,7 +90,7 @@ impl State {
     pub fn handle(
         &mut self,
         resp: &DiscoveryResponse,
-        apply: impl FnOnce(Inputs) -> Result<(), String>,
+        apply: impl FnOnce(Inputs, &HashSet<String>) -> Result<(), String>,
         dump: &super::XdsDump,
     ) -> Outcome {
         let Some(t) = type_key(&resp.type_url) else {
@@ -129,7 +129,19 @@ impl State {
             }
         }
         self.version += 1;
-        if let Err(e) = apply(self.inputs()) {
+        // Listeners whose resource changed (not merely resent): their connections drain.
+        let changed: HashSet<String> = if t == LISTENER {
+            let res = dump.resources.lock().unwrap();
+            let old = res.get(LISTENER);
+            decoded
+                .iter()
+                .filter(|(name, _, any)| old.and_then(|o| o.get(name)).is_some_and(|e| e.resource.value != any.value))
+                .map(|(name, _, _)| name.clone())
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        if let Err(e) = apply(self.inputs(), &changed) {
             self.store = previous;
             return self.nack(t, &resp.nonce, e);
         }

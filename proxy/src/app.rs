@@ -20,6 +20,11 @@ pub struct Options {
     pub drain_time: Duration,
     pub admin_address_path: Option<PathBuf>,
     pub log: LogControl,
+    /// Node metadata announced over xDS (Istio's, in sidecar and router modes).
+    pub node_metadata: std::collections::BTreeMap<String, String>,
+    /// Sidecar/router modes: `GET /healthz/ready` here (15021) and `/stats/prometheus` (15090).
+    pub health_addr: Option<std::net::SocketAddr>,
+    pub prometheus_addr: Option<std::net::SocketAddr>,
 }
 
 /// Changes the log filter at runtime (admin `/logging`).
@@ -38,6 +43,8 @@ pub struct App {
     pub started: Instant,
     pub loaded_at: String,
     pub concurrency: usize,
+    /// The bound readiness (15021) and Prometheus (15090) addresses in sidecar/router modes.
+    pub probe_addrs: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
     /// Resources received over xDS, for `/config_dump` (None without dynamic_resources).
     pub xds: Option<Arc<crate::xds::XdsDump>>,
     state: AtomicU8,
@@ -177,12 +184,25 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
         None => None,
     };
     let admin_bound = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let bind_probe = |a: Option<std::net::SocketAddr>| -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        match a {
+            Some(a) => Ok(Some(
+                control.block_on(tokio::net::TcpListener::bind(a)).with_context(|| format!("cannot bind {a}"))?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let health = bind_probe(opts.health_addr)?;
+    let prometheus = bind_probe(opts.prometheus_addr)?;
+    let probe_addrs =
+        (health.as_ref().and_then(|l| l.local_addr().ok()), prometheus.as_ref().and_then(|l| l.local_addr().ok()));
     let app = Arc::new(App {
         live: live.clone(),
         listeners,
         started: Instant::now(),
         loaded_at: crate::telemetry::access_log::now_rfc3339(),
         concurrency,
+        probe_addrs,
         xds: dynamic.as_ref().map(|_| Arc::new(crate::xds::XdsDump::default())),
         state: AtomicU8::new(if dynamic.is_some() { STATE_INITIALIZING } else { STATE_LIVE }),
         quit: Notify::new(),
@@ -215,8 +235,12 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
         if let Some(l) = admin_listener {
             tokio::spawn(crate::admin::serve(l, app.clone()));
         }
+        for l in [health, prometheus].into_iter().flatten() {
+            tokio::spawn(crate::admin::serve_probe(l, app.clone()));
+        }
         if let Some(d) = dynamic {
-            tokio::spawn(crate::xds::run(app.clone(), base, d));
+            let node = crate::xds::node(&base, opts.node_metadata.clone());
+            tokio::spawn(crate::xds::run(app.clone(), base, d, node));
         }
         if let (Some(path), Some(addr)) = (&opts.admin_address_path, admin_bound) {
             std::fs::write(path, addr.to_string()).with_context(|| format!("writing {}", path.display()))?;

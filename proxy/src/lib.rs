@@ -8,6 +8,7 @@ pub mod config;
 pub mod drain;
 pub mod http;
 pub mod listener;
+pub mod modes;
 pub mod snapshot;
 pub mod tcp_proxy;
 pub mod telemetry;

@@ -33,6 +33,7 @@ struct Inner {
     /// type URL → (version, [(name, resource)]).
     resources: Mutex<HashMap<String, Versioned>>,
     requests: Mutex<Vec<DiscoveryRequest>>,
+    delta_requests: Mutex<Vec<DeltaDiscoveryRequest>>,
     streams: Mutex<usize>,
 }
 
@@ -99,6 +100,10 @@ impl AdsServer {
 
     pub fn requests(&self) -> Vec<DiscoveryRequest> {
         self.inner.requests.lock().unwrap().clone()
+    }
+
+    pub fn delta_requests(&self) -> Vec<DeltaDiscoveryRequest> {
+        self.inner.delta_requests.lock().unwrap().clone()
     }
 
     /// Streams opened so far (a reconnecting proxy opens another).
@@ -190,8 +195,100 @@ impl AggregatedDiscoveryService for Svc {
 
     async fn delta_aggregated_resources(
         &self,
-        _req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("this test server speaks state of the world only"))
+        let mut inbound = req.into_inner();
+        let inner = self.inner.clone();
+        let mut changed = self.changed.clone();
+        *inner.streams.lock().unwrap() += 1;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut subs: HashMap<String, DeltaSub> = HashMap::new();
+            let mut nonce = 0u64;
+            loop {
+                let types: Vec<String> = tokio::select! {
+                    msg = inbound.message() => {
+                        let Ok(Some(r)) = msg else { return };
+                        inner.delta_requests.lock().unwrap().push(r.clone());
+                        let first = !subs.contains_key(&r.type_url);
+                        let sub = subs.entry(r.type_url.clone()).or_default();
+                        if first {
+                            sub.wildcard = r.resource_names_subscribe.is_empty()
+                                || r.resource_names_subscribe.iter().any(|n| n == "*");
+                            sub.sent = r.initial_resource_versions.clone();
+                        }
+                        sub.names.extend(r.resource_names_subscribe.iter().filter(|n| *n != "*").cloned());
+                        for n in &r.resource_names_unsubscribe {
+                            sub.names.remove(n);
+                            sub.sent.remove(n);
+                        }
+                        vec![r.type_url.clone()]
+                    }
+                    r = changed.changed() => {
+                        if r.is_err() { return }
+                        subs.keys().cloned().collect()
+                    }
+                };
+                for t in types {
+                    let sub = subs.get_mut(&t).unwrap();
+                    if let Some(resp) = delta_diff(&inner, &t, sub, &mut nonce) {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
+}
+
+/// One delta stream's subscription to a type, and the resource versions it has been sent.
+#[derive(Default)]
+struct DeltaSub {
+    wildcard: bool,
+    names: std::collections::HashSet<String>,
+    sent: HashMap<String, String>,
+}
+
+/// What changed for `sub` since it was last sent: new or changed resources, and removals.
+fn delta_diff(inner: &Inner, t: &str, sub: &mut DeltaSub, nonce: &mut u64) -> Option<DeltaDiscoveryResponse> {
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+    let res = inner.resources.lock().unwrap();
+    let (version, list) = res.get(t).cloned().unwrap_or_default();
+    let in_scope = |n: &str| sub.wildcard || sub.names.contains(n);
+    let mut resources = Vec::new();
+    for (name, any) in list.iter().filter(|(n, _)| in_scope(n)) {
+        // A resource's version is a digest of its bytes: resending an unchanged one is skipped.
+        let v = format!(
+            "{:x}",
+            any.value.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+        );
+        if sub.sent.get(name) != Some(&v) {
+            sub.sent.insert(name.clone(), v.clone());
+            resources.push(Resource {
+                name: name.clone(),
+                version: v,
+                resource: Some(any.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    let present: std::collections::HashSet<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+    let removed: Vec<String> = sub.sent.keys().filter(|n| !present.contains(n.as_str())).cloned().collect();
+    for n in &removed {
+        sub.sent.remove(n);
+    }
+    if resources.is_empty() && removed.is_empty() {
+        return None;
+    }
+    *nonce += 1;
+    Some(DeltaDiscoveryResponse {
+        system_version_info: version.to_string(),
+        resources,
+        type_url: t.to_string(),
+        removed_resources: removed,
+        nonce: nonce.to_string(),
+        ..Default::default()
+    })
 }

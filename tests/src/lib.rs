@@ -14,6 +14,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod proxy;
+pub mod xds;
 
 pub use backend::{Backend, TcpServer};
 pub use client::Resp;

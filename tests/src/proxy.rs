@@ -126,13 +126,25 @@ impl Proxy {
         let dir = temp_dir();
         let cfg = dir.join(file_name);
         std::fs::write(&cfg, contents).expect("write bootstrap");
+        let mut args = vec!["-c".to_string(), cfg.display().to_string()];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        Proxy::launch(dir, &args, &[])
+    }
+
+    /// Starts `outrigger <args>` (a subcommand such as `sidecar ...`) with extra environment.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Proxy::launch(temp_dir(), &args, env)
+    }
+
+    fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)]) -> Proxy {
         let admin_path = dir.join("admin-address");
         let mut cmd = Command::new(binary());
-        cmd.arg("-c").arg(&cfg).arg("--admin-address-path").arg(&admin_path);
-        if !extra_args.iter().any(|a| a.starts_with("--concurrency")) {
+        cmd.args(args).arg("--admin-address-path").arg(&admin_path);
+        if !args.iter().any(|a| a.starts_with("--concurrency")) {
             cmd.args(["--concurrency", "1"]);
         }
-        cmd.args(extra_args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn outrigger");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));

@@ -6,67 +6,9 @@ use std::time::Duration;
 
 use outrigger_tests::ads::{AdsServer, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use outrigger_tests::client::get_h1;
-use outrigger_tests::config::*;
+use outrigger_tests::xds::*;
 use outrigger_tests::{eventually, Backend, Proxy, WAIT};
 use serde_json::{json, Value};
-
-/// A bootstrap with no listeners of its own: LDS and CDS over ADS from the static `xds` cluster.
-fn dynamic_bootstrap(ads: SocketAddr) -> Value {
-    let mut b = bootstrap(vec![], vec![http2(cluster("xds", &[ads]))]);
-    b["dynamic_resources"] = json!({
-        "ads_config": {
-            "api_type": "GRPC",
-            "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
-        },
-        "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        "cds_config": {"ads": {}, "resource_api_version": "V3"},
-    });
-    b
-}
-
-fn rds_listener(name: &str, route_config: &str) -> Value {
-    json!({
-        "name": name,
-        "address": socket("127.0.0.1", 0),
-        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
-            "@type": HCM_TYPE,
-            "stat_prefix": name,
-            "rds": {"route_config_name": route_config, "config_source": {"ads": {}, "resource_api_version": "V3"}},
-            "http_filters": [{"name": "router", "typed_config": {"@type": ROUTER_TYPE}}],
-        }}]}],
-    })
-}
-
-fn eds_cluster(name: &str) -> Value {
-    json!({
-        "name": name,
-        "type": "EDS",
-        "connect_timeout": "1s",
-        "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
-    })
-}
-
-fn assignment(name: &str, endpoints: &[SocketAddr]) -> Value {
-    let eps: Vec<Value> =
-        endpoints.iter().map(|a| json!({"endpoint": {"address": socket(&a.ip().to_string(), a.port())}})).collect();
-    json!({"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]})
-}
-
-fn weighted_routes(name: &str, weights: &[(&str, u32)]) -> Value {
-    let clusters: Vec<Value> = weights.iter().map(|(c, w)| json!({"name": c, "weight": w})).collect();
-    json!({"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": clusters}}}
-    ]}]})
-}
-
-/// Control plane with listener `dyn` → routes `r` → clusters `blue`/`green` (EDS).
-fn serve_blue_green(ads: &AdsServer, blue: &Backend, green: &Backend, weights: &[(&str, u32)]) {
-    ads.set(CLUSTER, vec![eds_cluster("blue"), eds_cluster("green")]);
-    ads.set(ENDPOINT, vec![assignment("blue", &[blue.addr]), assignment("green", &[green.addr])]);
-    ads.set(ROUTE, vec![weighted_routes("r", weights)]);
-    ads.set(LISTENER, vec![rds_listener("dyn", "r")]);
-}
 
 async fn backend_name(addr: SocketAddr) -> Option<String> {
     let r = get_h1(addr, "svc.test", "/", &[]).await;

@@ -29,6 +29,33 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
     }
 }
 
+/// Sidecar/router modes: Istio's readiness port (`GET /healthz/ready`, 15021) and Prometheus port
+/// (`GET /stats/prometheus`, 15090), each on its own listener.
+pub async fn serve_probe(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/healthz/ready" if app.state() == "LIVE" => text(StatusCode::OK, "ready\n"),
+                        "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", app.state())),
+                        "/stats/prometheus" | "/metrics" => reply(
+                            StatusCode::OK,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            metrics().render(),
+                        ),
+                        _ => text(StatusCode::NOT_FOUND, "/healthz/ready or /stats/prometheus\n"),
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -73,6 +100,8 @@ fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 "uptime_current_epoch": format!("{}s", app.started.elapsed().as_secs()),
                 "node": {"id": snap.node_id, "cluster": snap.node_cluster},
                 "command_line_options": {"concurrency": app.concurrency},
+                "health_address": app.probe_addrs.0.map(|a| a.to_string()),
+                "prometheus_address": app.probe_addrs.1.map(|a| a.to_string()),
             }))
         }
         ("/logging", true) => match query_param(&req, "level") {

@@ -38,4 +38,6 @@ pub struct DynamicConfig {
     pub lds: bool,
     /// Clusters come from CDS (`cds_config: {ads: {}}`).
     pub cds: bool,
+    /// Incremental xDS (`api_type: DELTA_GRPC`) rather than state of the world.
+    pub delta: bool,
 }

@@ -253,11 +253,11 @@ fn dynamic_resources(
     use envoy_types::pb::envoy::config::core::v3::{api_config_source::ApiType, grpc_service::TargetSpecifier};
     let ads = d.ads_config.as_ref().ok_or_else(|| ctx.field("ads_config").err("ads_config is required"))?;
     let actx = ctx.field("ads_config");
-    match ApiType::try_from(ads.api_type) {
-        Ok(ApiType::Grpc) => {}
-        Ok(ApiType::DeltaGrpc) => return Err(actx.field("api_type").err("DELTA_GRPC is not supported yet; use GRPC")),
-        _ => return Err(actx.field("api_type").err("only GRPC is supported")),
-    }
+    let delta = match ApiType::try_from(ads.api_type) {
+        Ok(ApiType::Grpc) => false,
+        Ok(ApiType::DeltaGrpc) => true,
+        _ => return Err(actx.field("api_type").err("only GRPC and DELTA_GRPC are supported")),
+    };
     if ads.grpc_services.len() != 1 {
         return Err(actx.field("grpc_services").err("exactly one grpc_service is required"));
     }
@@ -277,5 +277,5 @@ fn dynamic_resources(
     if d.cds_config.is_some() {
         super::ads_source(&ctx.field("cds_config"), &d.cds_config)?;
     }
-    Ok(config::DynamicConfig { ads_cluster, lds: d.lds_config.is_some(), cds: d.cds_config.is_some() })
+    Ok(config::DynamicConfig { ads_cluster, lds: d.lds_config.is_some(), cds: d.cds_config.is_some(), delta })
 }

@@ -1,28 +1,34 @@
 //! The ADS stream: connect, send the initial subscriptions, handle responses, reconnect with
-//! jittered exponential backoff.
+//! jittered exponential backoff. State of the world (`GRPC`) or incremental (`DELTA_GRPC`).
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::state::State;
+use super::state::{type_key, Outcome, State, Update};
 use crate::app::App;
 use crate::config;
 use crate::telemetry::stats::metrics;
+use crate::translate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::DynamicConfig) {
-    let node = Node { id: base.node_id.clone(), cluster: base.node_cluster.clone(), ..Default::default() };
+pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::DynamicConfig, node: Node) {
+    let delta = dynamic.delta;
     let mut state = State::new(node, base, dynamic);
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = tokio::time::Instant::now();
-        match session(&app, &mut state).await {
+        let r = if delta { delta_session(&app, &mut state).await } else { sotw_session(&app, &mut state).await };
+        match r {
             Ok(()) => tracing::info!("xDS stream closed by the control plane"),
             Err(e) => tracing::warn!(error = %e, "xDS stream failed"),
         }
@@ -37,7 +43,10 @@ pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::Dynami
     }
 }
 
-async fn session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
+async fn connect(
+    app: &App,
+    state: &State,
+) -> anyhow::Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>> {
     let addr = {
         let snap = app.live.load();
         let cluster = snap
@@ -51,41 +60,153 @@ async fn session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .connect()
         .await?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
-    for r in state.initial_requests() {
-        tx.send(r)?;
+    tracing::info!(%addr, "xDS stream connecting");
+    Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// After an update: metrics, readiness, and memory the parse left behind.
+fn record(app: &App, state: &State, type_url: &str, out: &Outcome) {
+    metrics().xds_update(short(type_url), out.error.is_none());
+    if out.error.is_none() {
+        if state.initialized() && app.listeners_warm(state.store.listeners.keys()) {
+            app.mark_initialized();
+        }
+        crate::app::release_free_memory();
     }
-    let mut stream = client
-        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    tracing::info!(%addr, "xDS stream connected");
+}
+
+fn nack_status(error: &Option<String>) -> Option<Status> {
+    error.as_ref().map(|message| Status { code: 3, message: message.clone(), details: vec![] })
+}
+
+// ---- state of the world ----
+
+fn sotw_request(state: &State, t: &'static str, nonce: &str, error: &Option<String>) -> DiscoveryRequest {
+    let ts = state.types.get(t).cloned().unwrap_or_default();
+    DiscoveryRequest {
+        version_info: ts.version,
+        node: Some(state.node.clone()),
+        resource_names: ts.names.into_iter().collect(),
+        type_url: t.to_string(),
+        response_nonce: nonce.to_string(),
+        error_detail: nack_status(error),
+        ..Default::default()
+    }
+}
+
+async fn sotw_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
+    let mut client = connect(app, state).await?;
+    let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
+    // On a new stream: everything wanted, with the versions already held, and no nonce.
+    for t in state.wanted_types() {
+        tx.send(sotw_request(state, t, "", &None))?;
+    }
+    let mut stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
     metrics().xds_connected.set(1);
     while let Some(resp) = stream.message().await? {
-        let kind = super::state::type_key(&resp.type_url).map(short).unwrap_or("unknown");
-        let dump = app.xds.clone().unwrap_or_default();
-        let out =
-            state.handle(&resp, |inputs, changed| app.apply(inputs, changed).map_err(|e| format!("{e:#}")), &dump);
-        match &out.error {
-            None => {
-                metrics().xds_update(kind, true);
-                if state.initialized() && app.listeners_warm(state.store.listeners.keys()) {
-                    app.mark_initialized();
-                }
-                crate::app::release_free_memory();
-            }
-            Some(_) => metrics().xds_update(kind, false),
-        }
-        for r in out.requests {
-            tx.send(r)?;
+        let out = handle_sotw(app, state, &resp);
+        let t = type_key(&resp.type_url).unwrap_or(LISTENER);
+        record(app, state, &resp.type_url, &out);
+        tx.send(sotw_request(state, t, &resp.nonce, &out.error))?;
+        for sub in out.subs {
+            let nonce = state.types.get(sub.type_url).map(|s| s.nonce.clone()).unwrap_or_default();
+            tx.send(sotw_request(state, sub.type_url, &nonce, &None))?;
         }
     }
     Ok(())
 }
 
+fn handle_sotw(app: &Arc<App>, state: &mut State, resp: &DiscoveryResponse) -> Outcome {
+    let Some(t) = type_key(&resp.type_url) else {
+        return Outcome { error: Some(format!("unsupported type {}", resp.type_url)), subs: vec![] };
+    };
+    let update = Update {
+        type_url: t,
+        version: &resp.version_info,
+        nonce: &resp.nonce,
+        resources: resp.resources.iter().map(|a| (None, "", a)).collect(),
+        removed: &[],
+        replace_all: matches!(t, LISTENER | CLUSTER),
+    };
+    let dump = app.xds.clone().unwrap_or_default();
+    state.handle(update, |inputs, changed| app.apply(inputs, changed).map_err(|e| format!("{e:#}")), &dump)
+}
+
+// ---- incremental (delta) ----
+
+async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
+    let mut client = connect(app, state).await?;
+    let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
+    let dump = app.xds.clone().unwrap_or_default();
+    // On a new stream: subscribe again, telling the server which versions are already held.
+    for t in state.wanted_types() {
+        let initial_resource_versions = dump
+            .resources
+            .lock()
+            .unwrap()
+            .get(t)
+            .map(|m| m.iter().map(|(n, e)| (n.clone(), e.version.clone())).collect())
+            .unwrap_or_default();
+        let names = state.types.get(t).map(|s| s.names.iter().cloned().collect()).unwrap_or_default();
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(state.node.clone()),
+            type_url: t.to_string(),
+            resource_names_subscribe: if matches!(t, LISTENER | CLUSTER) { vec![] } else { names },
+            initial_resource_versions,
+            ..Default::default()
+        })?;
+    }
+    let mut stream = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
+    metrics().xds_connected.set(1);
+    while let Some(resp) = stream.message().await? {
+        let out = handle_delta(app, state, &resp, &dump);
+        record(app, state, &resp.type_url, &out);
+        tx.send(DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            error_detail: nack_status(&out.error),
+            ..Default::default()
+        })?;
+        for sub in out.subs {
+            tx.send(DeltaDiscoveryRequest {
+                type_url: sub.type_url.to_string(),
+                resource_names_subscribe: sub.added,
+                resource_names_unsubscribe: sub.removed,
+                ..Default::default()
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn handle_delta(
+    app: &Arc<App>,
+    state: &mut State,
+    resp: &DeltaDiscoveryResponse,
+    dump: &Arc<super::XdsDump>,
+) -> Outcome {
+    let Some(t) = type_key(&resp.type_url) else {
+        return Outcome { error: Some(format!("unsupported type {}", resp.type_url)), subs: vec![] };
+    };
+    let mut resources = Vec::with_capacity(resp.resources.len());
+    for r in &resp.resources {
+        match &r.resource {
+            Some(any) => resources.push((Some(r.name.as_str()), r.version.as_str(), any)),
+            None => return Outcome { error: Some(format!("resource \"{}\" has no body", r.name)), subs: vec![] },
+        }
+    }
+    let update = Update {
+        type_url: t,
+        version: &resp.system_version_info,
+        nonce: &resp.nonce,
+        resources,
+        removed: &resp.removed_resources,
+        replace_all: false,
+    };
+    state.handle(update, |inputs, changed| app.apply(inputs, changed).map_err(|e| format!("{e:#}")), dump)
+}
+
 fn short(type_url: &str) -> &'static str {
-    use crate::translate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
     match type_url {
         LISTENER => "lds",
         CLUSTER => "cds",

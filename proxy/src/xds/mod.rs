@@ -13,6 +13,23 @@ use envoy_types::pb::google::protobuf::Any;
 
 pub use client::run;
 
+/// The node the proxy announces: id and cluster from the bootstrap, plus metadata (Istio's
+/// NAMESPACE, WORKLOAD_NAME, ... in sidecar and router modes).
+pub fn node(
+    b: &crate::config::Bootstrap,
+    metadata: BTreeMap<String, String>,
+) -> envoy_types::pb::envoy::config::core::v3::Node {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let fields = metadata.into_iter().map(|(k, v)| (k, Value { kind: Some(Kind::StringValue(v)) })).collect();
+    envoy_types::pb::envoy::config::core::v3::Node {
+        id: b.node_id.clone(),
+        cluster: b.node_cluster.clone(),
+        metadata: Some(Struct { fields }),
+        user_agent_name: "outrigger".into(),
+        ..Default::default()
+    }
+}
+
 /// One accepted resource: the version it came with, when, and the resource itself.
 pub struct DumpEntry {
     pub version: String,

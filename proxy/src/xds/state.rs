@@ -1,11 +1,11 @@
-//! What the ADS stream has delivered and accepted so far, per resource type, and the requests
-//! (ACK, NACK, subscription changes) that follow from each response.
+//! What the ADS stream has delivered and accepted so far, and how one update is applied. This
+//! part is the same for both protocol variants; `sotw.rs` and `delta.rs` turn responses into
+//! [`Update`]s and outcomes into their own requests.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::rpc::Status;
+use envoy_types::pb::google::protobuf::Any;
 
 use crate::config::{self, ClusterConfig, EndpointConfig, ListenerConfig, NetworkFilter, RouteSource, RouteTable};
 use crate::snapshot::Inputs;
@@ -38,10 +38,29 @@ pub struct State {
     pub version: u64,
 }
 
-/// The outcome of handling one response: requests to send and, when accepted, what to apply.
+/// One response, whatever the protocol variant.
+pub struct Update<'a> {
+    pub type_url: &'static str,
+    /// The version the response carries (SotW `version_info`, delta `system_version_info`).
+    pub version: &'a str,
+    pub nonce: &'a str,
+    /// (name, version, resource); the name is given by delta responses, read from SotW ones.
+    pub resources: Vec<(Option<&'a str>, &'a str, &'a Any)>,
+    pub removed: &'a [String],
+    /// State of the world for LDS/CDS: resources not listed are gone.
+    pub replace_all: bool,
+}
+
+/// A subscription change that follows from an accepted update.
+pub struct SubChange {
+    pub type_url: &'static str,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
 pub struct Outcome {
-    pub requests: Vec<DiscoveryRequest>,
     pub error: Option<String>,
+    pub subs: Vec<SubChange>,
 }
 
 pub fn type_key(url: &str) -> Option<&'static str> {
@@ -50,82 +69,59 @@ pub fn type_key(url: &str) -> Option<&'static str> {
 
 impl State {
     pub fn new(node: Node, base: config::Bootstrap, dynamic: config::DynamicConfig) -> State {
-        State { node, base, dynamic, types: BTreeMap::new(), store: Store::default(), version: 1 }
+        let mut s = State { node, base, dynamic, types: BTreeMap::new(), store: Store::default(), version: 1 };
+        s.refresh_subscriptions();
+        s
     }
 
-    fn request(&self, type_url: &'static str, error: Option<String>, nonce: &str) -> DiscoveryRequest {
-        let ts = self.types.get(type_url).cloned().unwrap_or_default();
-        DiscoveryRequest {
-            version_info: ts.version,
-            node: Some(self.node.clone()),
-            resource_names: ts.names.into_iter().collect(),
-            type_url: type_url.to_string(),
-            response_nonce: nonce.to_string(),
-            error_detail: error.map(|message| Status { code: 3, message, details: vec![] }),
-            ..Default::default()
-        }
-    }
-
-    /// The first requests of a (re)connected stream: wildcard LDS/CDS, and the RDS/EDS names
-    /// already known, with the versions already accepted.
-    pub fn initial_requests(&mut self) -> Vec<DiscoveryRequest> {
-        let mut out = Vec::new();
-        if self.dynamic.cds {
-            out.push(self.request(CLUSTER, None, ""));
-        }
-        if self.dynamic.lds {
-            out.push(self.request(LISTENER, None, ""));
-        }
-        self.refresh_subscriptions();
-        for t in [ROUTE, ENDPOINT] {
-            if self.types.get(t).is_some_and(|s| !s.names.is_empty()) {
-                out.push(self.request(t, None, ""));
-            }
-        }
-        out
-    }
-
-    /// Decodes the whole response; on any error nothing changes and the response is NACKed.
-    /// Otherwise the store is updated and `apply` is asked to publish it; its error NACKs too.
+    /// Decodes the whole update; on any error nothing changes (NACK). Otherwise the store is
+    /// updated and `apply` publishes it; its error NACKs too and restores the store.
     pub fn handle(
         &mut self,
-        resp: &DiscoveryResponse,
+        u: Update<'_>,
         apply: impl FnOnce(Inputs, &HashSet<String>) -> Result<(), String>,
         dump: &super::XdsDump,
     ) -> Outcome {
-        let Some(t) = type_key(&resp.type_url) else {
-            return Outcome { requests: vec![], error: Some(format!("unsupported type {}", resp.type_url)) };
-        };
-        self.types.entry(t).or_default().nonce = resp.nonce.clone();
+        let t = u.type_url;
+        self.types.entry(t).or_default().nonce = u.nonce.to_string();
         let pool = crate::translate::descriptor_pool();
-        let mut decoded = Vec::with_capacity(resp.resources.len());
-        for any in &resp.resources {
+        let mut decoded = Vec::with_capacity(u.resources.len());
+        for (given, version, any) in &u.resources {
             match resource::decode(&pool, t, any) {
-                Ok((name, r)) => decoded.push((name, r, any.clone())),
-                Err(e) => return self.nack(t, &resp.nonce, e.to_string()),
+                Ok((name, _)) if given.is_some_and(|g| g != name) => {
+                    let msg = format!("resource named \"{}\" carries \"{name}\"", given.unwrap_or_default());
+                    return self.nack(t, msg);
+                }
+                Ok((name, r)) => decoded.push((name, r, *version, (*any).clone())),
+                Err(e) => return self.nack(t, e.to_string()),
             }
         }
         drop(pool);
         let previous = self.store.clone();
-        match t {
-            LISTENER => self.store.listeners.clear(),
-            CLUSTER => self.store.clusters.clear(),
-            _ => {}
+        let mut gone: Vec<String> = u.removed.to_vec();
+        if u.replace_all {
+            let listed: HashSet<&str> = decoded.iter().map(|d| d.0.as_str()).collect();
+            let existing: Vec<String> = match t {
+                LISTENER => self.store.listeners.keys().cloned().collect(),
+                CLUSTER => self.store.clusters.keys().cloned().collect(),
+                _ => vec![],
+            };
+            gone.extend(existing.into_iter().filter(|n| !listed.contains(n.as_str())));
         }
-        for (name, r, _) in &decoded {
+        for name in &gone {
+            match t {
+                LISTENER => drop(self.store.listeners.remove(name)),
+                CLUSTER => drop(self.store.clusters.remove(name)),
+                ROUTE => drop(self.store.routes.remove(name)),
+                _ => drop(self.store.endpoints.remove(name)),
+            }
+        }
+        for (name, r, _, _) in &decoded {
             match r {
-                Resource::Listener(l) => {
-                    self.store.listeners.insert(name.clone(), l.clone());
-                }
-                Resource::Cluster(c) => {
-                    self.store.clusters.insert(name.clone(), c.clone());
-                }
-                Resource::Routes(table) => {
-                    self.store.routes.insert(name.clone(), table.clone());
-                }
-                Resource::Endpoints(eps) => {
-                    self.store.endpoints.insert(name.clone(), eps.clone());
-                }
+                Resource::Listener(l) => drop(self.store.listeners.insert(name.clone(), l.clone())),
+                Resource::Cluster(c) => drop(self.store.clusters.insert(name.clone(), c.clone())),
+                Resource::Routes(table) => drop(self.store.routes.insert(name.clone(), table.clone())),
+                Resource::Endpoints(eps) => drop(self.store.endpoints.insert(name.clone(), eps.clone())),
             }
         }
         self.version += 1;
@@ -135,51 +131,47 @@ impl State {
             let old = res.get(LISTENER);
             decoded
                 .iter()
-                .filter(|(name, _, any)| old.and_then(|o| o.get(name)).is_some_and(|e| e.resource.value != any.value))
-                .map(|(name, _, _)| name.clone())
+                .filter(|(name, _, _, any)| {
+                    old.and_then(|o| o.get(name)).is_some_and(|e| e.resource.value != any.value)
+                })
+                .map(|(name, _, _, _)| name.clone())
                 .collect()
         } else {
             HashSet::new()
         };
+        let subs = self.refresh_subscriptions();
         if let Err(e) = apply(self.inputs(), &changed) {
             self.store = previous;
-            return self.nack(t, &resp.nonce, e);
+            self.refresh_subscriptions();
+            return self.nack(t, e);
         }
         {
             let now = crate::telemetry::access_log::now_rfc3339();
             let mut res = dump.resources.lock().unwrap();
             let by_name = res.entry(t.to_string()).or_default();
-            if matches!(t, LISTENER | CLUSTER) {
-                by_name.clear();
+            for name in &gone {
+                by_name.remove(name);
             }
-            for (name, _, any) in decoded {
-                let entry =
-                    super::DumpEntry { version: resp.version_info.clone(), updated: now.clone(), resource: any };
+            for (name, _, version, any) in decoded {
+                let version = if version.is_empty() { u.version } else { version };
+                let entry = super::DumpEntry { version: version.to_string(), updated: now.clone(), resource: any };
                 by_name.insert(name, entry);
             }
         }
         let ts = self.types.entry(t).or_default();
-        ts.version = resp.version_info.clone();
+        ts.version = u.version.to_string();
         ts.accepted = true;
-        let mut requests = vec![self.request(t, None, &resp.nonce)];
-        // New listeners or clusters may need routes or endpoints not subscribed to yet (or no
-        // longer need some): the subscription follows.
-        for (sub, changed) in self.refresh_subscriptions() {
-            if changed {
-                let nonce = self.types.get(sub).map(|s| s.nonce.clone()).unwrap_or_default();
-                requests.push(self.request(sub, None, &nonce));
-            }
-        }
-        Outcome { requests, error: None }
+        Outcome { error: None, subs }
     }
 
-    fn nack(&mut self, t: &'static str, nonce: &str, error: String) -> Outcome {
+    fn nack(&mut self, t: &'static str, error: String) -> Outcome {
         tracing::warn!(type_url = t, %error, "rejecting xDS update (NACK); the last good config stays");
-        Outcome { requests: vec![self.request(t, Some(error.clone()), nonce)], error: Some(error) }
+        Outcome { error: Some(error), subs: vec![] }
     }
 
-    /// Recomputes the RDS and EDS names needed by the current listeners and clusters.
-    fn refresh_subscriptions(&mut self) -> Vec<(&'static str, bool)> {
+    /// Recomputes the RDS and EDS names needed by the current listeners and clusters, dropping
+    /// what is no longer needed; returns the changes.
+    pub fn refresh_subscriptions(&mut self) -> Vec<SubChange> {
         let mut rds = BTreeSet::new();
         for l in self.base.listeners.iter().chain(self.store.listeners.values()) {
             for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
@@ -201,9 +193,12 @@ impl State {
         let mut out = Vec::new();
         for (t, names) in [(ROUTE, rds), (ENDPOINT, eds)] {
             let ts = self.types.entry(t).or_default();
-            let changed = ts.names != names;
-            ts.names = names;
-            out.push((t, changed));
+            if ts.names != names {
+                let added = names.difference(&ts.names).cloned().collect();
+                let removed = ts.names.difference(&names).cloned().collect();
+                out.push(SubChange { type_url: t, added, removed });
+                ts.names = names;
+            }
         }
         out
     }
@@ -224,6 +219,23 @@ impl State {
             endpoints: self.store.endpoints.clone(),
             source: self.base.source.clone(),
         }
+    }
+
+    /// The wildcard types this proxy asks for, and the named ones it currently needs.
+    pub fn wanted_types(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.dynamic.cds {
+            out.push(CLUSTER);
+        }
+        if self.dynamic.lds {
+            out.push(LISTENER);
+        }
+        for t in [ROUTE, ENDPOINT] {
+            if self.types.get(t).is_some_and(|s| !s.names.is_empty()) {
+                out.push(t);
+            }
+        }
+        out
     }
 
     /// Initialised (ready) once every configured wildcard type has been accepted once.

@@ -101,8 +101,14 @@ fn bench_table(c: &mut Criterion, group_name: &str, table: &RouteTable) {
     let method = Method::GET;
     let mut group = c.benchmark_group(group_name);
     for (id, path, expected) in cases() {
-        let input =
-            RouteInput { host: "bench.example.com", path: &path, query: None, method: &method, headers: &headers };
+        let input = RouteInput {
+            host: "bench.example.com",
+            path: &path,
+            query: None,
+            method: &method,
+            scheme: "http",
+            headers: &headers,
+        };
         // Check the benchmark measures what it says before timing it.
         let got = select(table, &input).map(|r| r.name.clone());
         assert_eq!(got, expected, "{group_name}/{id}: wrong route for {path}");

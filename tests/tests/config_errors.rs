@@ -39,9 +39,9 @@ fn unsupported_http_filter_names_its_type_url() {
 #[test]
 fn unsupported_listener_field_is_named() {
     let mut cfg = base();
-    cfg["static_resources"]["listeners"][0]["use_original_dst"] = json!(true);
+    cfg["static_resources"]["listeners"][0]["freebind"] = json!(true);
     let err = refused(&cfg);
-    assert!(err.contains("use_original_dst"), "{err}");
+    assert!(err.contains("freebind"), "{err}");
     assert!(err.contains("listener \"http\""), "{err}");
 }
 

@@ -1,7 +1,131 @@
-//! `outrigger-xds`: the control plane. Not implemented yet; it arrives with dynamic configuration.
+//! `outrigger-xds`: the control plane.
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use outrigger_xds::generate::{generate, ProxyInfo};
+use outrigger_xds::istio::load_dir;
+use outrigger_xds::server::{ads::Ads, monitor, watch, Control};
+
+#[derive(Parser)]
+#[command(name = "outrigger-xds", version, about = "Control plane: Istio's API in, xDS out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve xDS for the configuration in DIR, reloading it on change.
+    Serve {
+        #[arg(long)]
+        config_dir: PathBuf,
+        #[arg(long, default_value_t = 15010)]
+        xds_port: u16,
+        /// TLS xDS and the CA (not implemented yet: refused when asked for).
+        #[arg(long)]
+        secure_port: Option<u16>,
+        #[arg(long, default_value_t = 15014)]
+        monitor_port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+    },
+    /// Report every error in DIR (file, document, field); exit 1 if there is any.
+    Validate { dir: PathBuf },
+    /// Sidecar injection (not implemented yet).
+    Inject {
+        #[arg(short = 'f')]
+        file: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    eprintln!("outrigger-xds: not implemented yet (the control plane arrives with dynamic configuration)");
-    ExitCode::from(2)
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match Cli::parse().command {
+        Cmd::Validate { dir } => validate(&dir),
+        Cmd::Inject { .. } => {
+            eprintln!("outrigger-xds inject: not implemented yet");
+            ExitCode::from(2)
+        }
+        Cmd::Serve { secure_port: Some(_), .. } => {
+            eprintln!("outrigger-xds: --secure-port (TLS xDS and the CA) is not implemented yet");
+            ExitCode::from(2)
+        }
+        Cmd::Serve { config_dir, xds_port, monitor_port, bind, .. } => {
+            match serve(config_dir, bind, xds_port, monitor_port) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn validate(dir: &std::path::Path) -> ExitCode {
+    match load_dir(dir) {
+        Ok(reg) => {
+            let pool = outrigger_proxy::translate::descriptor_pool();
+            match generate(&reg, &ProxyInfo { namespace: "default".into(), ..Default::default() }, &pool) {
+                Ok(_) => {
+                    println!("{}: OK", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", dir.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(dir: PathBuf, bind: std::net::IpAddr, xds_port: u16, monitor_port: u16) -> anyhow::Result<()> {
+    let reg = load_dir(&dir)
+        .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let control = Control::new(reg);
+        let monitor = tokio::net::TcpListener::bind(SocketAddr::new(bind, monitor_port))
+            .await
+            .with_context(|| format!("monitor port {monitor_port}"))?;
+        let xds = tokio::net::TcpListener::bind(SocketAddr::new(bind, xds_port))
+            .await
+            .with_context(|| format!("xDS port {xds_port}"))?;
+        tracing::info!(xds = %xds.local_addr()?, monitor = %monitor.local_addr()?, dir = %dir.display(), "serving");
+        tokio::spawn(monitor::serve(monitor, control.clone()));
+        tokio::spawn(watch::run(dir, control.clone()));
+        let incoming = futures_incoming(xds);
+        tonic::transport::Server::builder()
+            .add_service(
+                AggregatedDiscoveryServiceServer::new(Ads { control: Arc::clone(&control) })
+                    .max_decoding_message_size(64 << 20),
+            )
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+fn futures_incoming(
+    l: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(l)
 }

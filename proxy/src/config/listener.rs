@@ -10,6 +10,9 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// `ipv4_compat` on an IPv6 any-address: accept IPv4 too.
     pub dual_stack: bool,
+    /// `use_original_dst`: filter chains match (and passthrough goes to) the destination the
+    /// connection had before an iptables REDIRECT brought it here.
+    pub use_original_dst: bool,
     /// The tls_inspector listener filter is configured: peek for SNI/ALPN.
     pub tls_inspector: bool,
     pub filter_chains: Vec<FilterChainConfig>,

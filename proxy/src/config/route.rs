@@ -87,11 +87,21 @@ pub enum PathMatch {
 
 #[derive(Debug)]
 pub struct HeaderMatch {
-    pub name: http::HeaderName,
+    pub name: HeaderKey,
     /// None: present match.
     pub matcher: Option<StringMatch>,
     pub present: bool,
     pub invert: bool,
+}
+
+/// A header name, or one of the pseudo-headers Envoy lets routes match on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderKey {
+    Header(http::HeaderName),
+    Method,
+    Authority,
+    Path,
+    Scheme,
 }
 
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! Virtual host and route selection, with Envoy's semantics.
 use http::{HeaderMap, Method};
 
+use crate::config::route::HeaderKey;
 use crate::config::{PathMatch, Route, RouteTable, VirtualHost};
 
 /// The parts of a request that routing looks at.
@@ -10,6 +11,8 @@ pub struct RouteInput<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub method: &'a Method,
+    /// "http" or "https", for `:scheme` matches.
+    pub scheme: &'a str,
     pub headers: &'a HeaderMap,
 }
 
@@ -99,7 +102,23 @@ fn full_match(r: &Route, input: &RouteInput<'_>) -> bool {
         return false;
     }
     r.headers.iter().all(|hm| {
-        let values = input.headers.get_all(&hm.name);
+        let name = match &hm.name {
+            HeaderKey::Header(n) => n,
+            pseudo => {
+                let v = match pseudo {
+                    HeaderKey::Method => input.method.as_str(),
+                    HeaderKey::Authority => input.host,
+                    HeaderKey::Path => input.path,
+                    _ => input.scheme,
+                };
+                let matched = match &hm.matcher {
+                    None => hm.present,
+                    Some(m) => m.matches(v),
+                };
+                return matched != hm.invert;
+            }
+        };
+        let values = input.headers.get_all(name);
         let mut it = values.iter().peekable();
         let matched = match &hm.matcher {
             None => it.peek().is_some() == hm.present,
@@ -139,5 +158,38 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
         path.len() >= prefix.len()
             && path.is_char_boundary(prefix.len())
             && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+    fn table(json: serde_json::Value) -> RouteTable {
+        let pool = crate::translate::descriptor_pool();
+        let desc = pool.get_message_by_name("envoy.config.route.v3.RouteConfiguration").unwrap();
+        let msg = prost_reflect::DynamicMessage::deserialize(desc, json).unwrap();
+        let rc: RouteConfiguration = msg.transcode_to().unwrap();
+        crate::translate::translate_route_config(&rc).unwrap()
+    }
+
+    #[test]
+    fn pseudo_headers_method_and_authority_can_be_matched() {
+        let t = table(serde_json::json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"name": "post", "match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]}, "direct_response": {"status": 201}},
+            {"name": "api", "match": {"prefix": "/", "headers": [{"name": ":authority", "string_match": {"prefix": "api."}}]}, "direct_response": {"status": 202}},
+            {"name": "rest", "match": {"prefix": "/"}, "direct_response": {"status": 200}},
+        ]}]}));
+        let h = HeaderMap::new();
+        let pick = |m: &Method, host: &str| {
+            select(&t, &RouteInput { host, path: "/x", query: None, method: m, scheme: "http", headers: &h })
+                .unwrap()
+                .name
+                .clone()
+        };
+        assert_eq!(pick(&Method::POST, "svc"), "post");
+        assert_eq!(pick(&Method::GET, "api.example.com"), "api");
+        assert_eq!(pick(&Method::GET, "svc"), "rest");
     }
 }

@@ -171,6 +171,7 @@ async fn proxy(
         path: req.uri().path(),
         query: req.uri().query(),
         method: req.method(),
+        scheme: if ctx.tls { "https" } else { "http" },
         headers: req.headers(),
     };
     let snap = ctx.live.load_full();

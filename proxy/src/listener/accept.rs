@@ -65,6 +65,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &str, live: Arc<A
     l.stats.cx.inc();
     l.stats.cx_active.inc();
     let local = stream.local_addr().unwrap_or(l.config.address);
+    let local = if l.config.use_original_dst { super::original_dst::get(&stream).unwrap_or(local) } else { local };
     let hello = if l.config.tls_inspector {
         tls_inspector::peek(&stream, INSPECT_TIMEOUT).await
     } else {

@@ -2,6 +2,7 @@
 pub mod accept;
 pub mod filter_chain;
 pub mod manager;
+pub mod original_dst;
 pub mod tls_inspector;
 
 pub use accept::{bind, run_accept_loop};

@@ -133,7 +133,17 @@ pub(crate) fn translate_listener_in(ctx: &Ctx, l: &Listener) -> Result<ListenerC
             "filter chains match server_names/application_protocols, which needs the tls_inspector listener filter",
         ));
     }
-    Ok(ListenerConfig { name: l.name.clone(), address, dual_stack, tls_inspector, filter_chains, default_filter_chain })
+    #[allow(deprecated)]
+    let use_original_dst = l.use_original_dst.as_ref().is_some_and(|v| v.value);
+    Ok(ListenerConfig {
+        name: l.name.clone(),
+        address,
+        dual_stack,
+        use_original_dst,
+        tls_inspector,
+        filter_chains,
+        default_filter_chain,
+    })
 }
 
 fn filter_chain(ctx: &Ctx, fc: &FilterChain) -> Result<FilterChainConfig, ConfigError> {

@@ -138,8 +138,16 @@ pub(crate) fn string_match(ctx: &Ctx, m: &StringMatcher) -> Result<StringMatch, 
 
 #[allow(deprecated)]
 fn header_match(ctx: &Ctx, h: &HeaderMatcher) -> Result<HeaderMatch, ConfigError> {
-    let name = http::HeaderName::from_bytes(h.name.as_bytes())
-        .map_err(|_| ctx.field("name").err(format!("invalid header name \"{}\"", h.name)))?;
+    let name = match h.name.to_ascii_lowercase().as_str() {
+        ":method" => HeaderKey::Method,
+        ":authority" | "host" => HeaderKey::Authority,
+        ":path" => HeaderKey::Path,
+        ":scheme" => HeaderKey::Scheme,
+        _ => HeaderKey::Header(
+            http::HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ctx.field("name").err(format!("invalid header name \"{}\"", h.name)))?,
+        ),
+    };
     let (matcher, present) = match &h.header_match_specifier {
         None => (None, true),
         Some(HeaderMatchSpecifier::PresentMatch(p)) => (None, *p),

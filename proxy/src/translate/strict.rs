@@ -47,6 +47,7 @@ const SUPPORTED: &[(&str, &[&str])] = &[
             "metadata",
             "traffic_direction",
             "enable_reuse_port",
+            "use_original_dst",
         ],
     ),
     ("envoy.config.listener.v3.ListenerFilter", &["name", "typed_config"]),

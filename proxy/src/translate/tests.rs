@@ -67,9 +67,9 @@ fn unsupported_http_filter_names_its_type_url() {
 
 #[test]
 fn unsupported_field_names_resource_and_path() {
-    let yaml = with_filters(ROUTER).replace("  - name: web\n", "  - name: web\n    use_original_dst: true\n");
+    let yaml = with_filters(ROUTER).replace("  - name: web\n", "  - name: web\n    freebind: true\n");
     let err = compile(&yaml).unwrap_err().to_string();
-    assert!(err.contains("listener \"web\"") && err.contains("use_original_dst"), "{err}");
+    assert!(err.contains("listener \"web\"") && err.contains("freebind"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,214 @@
+//! Reads a directory of Istio YAML (multi-document files) into a [`Registry`]. Every problem is
+//! reported with the file, the document's index in it, the resource and the field path; a
+//! directory with any error is not used (the caller keeps its last good registry).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::model::*;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{file}: document {index}{}: {message}", resource.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+pub struct LoadError {
+    pub file: String,
+    pub index: usize,
+    pub resource: Option<String>,
+    pub message: String,
+}
+
+/// Everything the directory declares, by kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registry {
+    pub service_entries: Vec<(Metadata, ServiceEntry)>,
+    pub workload_entries: Vec<(Metadata, WorkloadEntry)>,
+    pub virtual_services: Vec<(Metadata, VirtualService)>,
+    pub destination_rules: Vec<(Metadata, DestinationRule)>,
+    pub sidecars: Vec<(Metadata, Sidecar)>,
+    pub mesh: MeshConfig,
+}
+
+const API_GROUPS: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
+
+/// Loads every `*.yaml`/`*.yml` file (sorted by name; `mesh.yaml` is the mesh config).
+pub fn load_dir(dir: &Path) -> Result<Registry, Vec<LoadError>> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect(),
+        Err(e) => {
+            return Err(vec![LoadError {
+                file: dir.display().to_string(),
+                index: 0,
+                resource: None,
+                message: e.to_string(),
+            }])
+        }
+    };
+    files.sort();
+    let mut reg = Registry::default();
+    let mut errors = Vec::new();
+    for f in files {
+        let name = f.display().to_string();
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(LoadError { file: name, index: 0, resource: None, message: e.to_string() });
+                continue;
+            }
+        };
+        if f.file_name().is_some_and(|n| n == "mesh.yaml" || n == "mesh.yml") {
+            match typed::<MeshConfig>(serde_yaml::from_str(&text).unwrap_or(serde_yaml::Value::Null)) {
+                Ok(m) => reg.mesh = m,
+                Err(message) => errors.push(LoadError { file: name, index: 0, resource: Some("mesh".into()), message }),
+            }
+            continue;
+        }
+        load_text(&name, &text, &mut reg, &mut errors);
+    }
+    validate(&reg, &mut errors);
+    if errors.is_empty() {
+        Ok(reg)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses one file's documents into `reg`.
+pub fn load_text(file: &str, text: &str, reg: &mut Registry, errors: &mut Vec<LoadError>) {
+    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let err =
+            |resource: Option<String>, message: String| LoadError { file: file.to_string(), index, resource, message };
+        let value = match serde_yaml::Value::deserialize(de) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(err(None, e.to_string()));
+                // A syntax error ends the stream of documents.
+                break;
+            }
+        };
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        let api = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        let metadata = match typed::<Metadata>(value.get("metadata").cloned().unwrap_or_default()) {
+            Ok(mut m) => {
+                m.source = format!("{file}: document {index}");
+                m
+            }
+            Err(m) => {
+                errors.push(err(Some(kind.clone()), format!("metadata.{m}")));
+                continue;
+            }
+        };
+        let resource = Some(format!("{kind} {}/{}", metadata.namespace, metadata.name));
+        if let Some(extra) = value.as_mapping().and_then(|m| {
+            m.keys()
+                .filter_map(|k| k.as_str())
+                .find(|k| !matches!(*k, "apiVersion" | "kind" | "metadata" | "spec"))
+                .map(str::to_string)
+        }) {
+            errors.push(err(resource, format!("{extra}: unknown top-level field")));
+            continue;
+        }
+        if !API_GROUPS.contains(&api.as_str()) {
+            errors.push(err(resource, format!("apiVersion: \"{api}\" is not one of {API_GROUPS:?}")));
+            continue;
+        }
+        let spec = value.get("spec").cloned().unwrap_or_default();
+        let parsed = match kind.as_str() {
+            "ServiceEntry" => typed(spec).map(|s| reg.service_entries.push((metadata, s))),
+            "WorkloadEntry" => typed(spec).map(|s| reg.workload_entries.push((metadata, s))),
+            "VirtualService" => typed(spec).map(|s| reg.virtual_services.push((metadata, s))),
+            "DestinationRule" => typed(spec).map(|s| reg.destination_rules.push((metadata, s))),
+            "Sidecar" => typed(spec).map(|s| reg.sidecars.push((metadata, s))),
+            other => Err(format!("kind: \"{other}\" is not supported")),
+        };
+        if let Err(m) = parsed {
+            let m = if m.starts_with("kind:") { m } else { format!("spec.{m}") };
+            errors.push(err(resource, m));
+        }
+    }
+}
+
+/// Deserializes with the failing field's path in the message (`ports[0].number: invalid type`).
+fn typed<T: DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+        if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
+}
+
+/// Cross-document checks: what one resource names must exist and be consistent.
+fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
+    let mut seen = BTreeMap::new();
+    for (m, se) in &reg.service_entries {
+        let res = format!("ServiceEntry {}/{}", m.namespace, m.name);
+        let e = |message: String| source_err(m, &res, message);
+        if se.hosts.is_empty() {
+            errors.push(e("spec.hosts: at least one host is required".into()));
+        }
+        if se.ports.is_empty() {
+            errors.push(e("spec.ports: at least one port is required".into()));
+        }
+        for (i, p) in se.ports.iter().enumerate() {
+            if p.number == 0 {
+                errors.push(e(format!("spec.ports[{i}].number: must be 1-65535")));
+            }
+        }
+        if !se.endpoints.is_empty() && se.workload_selector.is_some() {
+            errors.push(e("spec.workloadSelector: cannot be combined with spec.endpoints".into()));
+        }
+        for (i, ep) in se.endpoints.iter().enumerate() {
+            if se.resolution == Resolution::Static && ep.address.parse::<std::net::IpAddr>().is_err() {
+                errors.push(e(format!(
+                    "spec.endpoints[{i}].address: \"{}\" is not an IP (resolution STATIC)",
+                    ep.address
+                )));
+            }
+        }
+        for h in &se.hosts {
+            if let Some(other) = seen.insert(h.clone(), res.clone()) {
+                errors.push(e(format!("spec.hosts: \"{h}\" is also declared by {other}")));
+            }
+        }
+    }
+    for (m, vs) in &reg.virtual_services {
+        let res = format!("VirtualService {}/{}", m.namespace, m.name);
+        for (i, r) in vs.http.iter().enumerate() {
+            let e = |message: String| source_err(m, &res, message);
+            if r.route.is_empty() && r.redirect.is_none() {
+                errors.push(e(format!("spec.http[{i}]: route or redirect is required")));
+            }
+            if let Some(t) = &r.timeout {
+                if crate::generate::duration(t).is_none() {
+                    errors.push(e(format!("spec.http[{i}].timeout: \"{t}\" is not a duration like 1.5s")));
+                }
+            }
+        }
+    }
+    for (m, dr) in &reg.destination_rules {
+        let res = format!("DestinationRule {}/{}", m.namespace, m.name);
+        if dr.host.is_empty() {
+            errors.push(source_err(m, &res, "spec.host is required".into()));
+        }
+    }
+}
+
+fn source_err(m: &Metadata, resource: &str, message: String) -> LoadError {
+    let (file, index) = m.source.rsplit_once(": document ").unwrap_or((&m.source, "0"));
+    LoadError {
+        file: file.to_string(),
+        index: index.parse().unwrap_or(0),
+        resource: Some(resource.to_string()),
+        message,
+    }
+}

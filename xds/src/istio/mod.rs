@@ -1,0 +1,6 @@
+//! Istio's API as the control plane reads it: Kubernetes-style YAML documents, strictly typed
+//! (an unknown field is an error naming it, never ignored), loaded from a directory.
+pub mod load;
+pub mod model;
+
+pub use load::{load_dir, LoadError, Registry};

@@ -23,12 +23,21 @@ pub fn binary() -> &'static Path {
             assert!(p.is_file(), "OUTRIGGER_BIN={} is not a file", p.display());
             return p;
         }
-        build_with_cargo()
+        build_with_cargo("outrigger-proxy", "outrigger")
     })
 }
 
-/// Builds `outrigger` into the test binary's own target directory and profile; returns its path.
-fn build_with_cargo() -> PathBuf {
+/// The `outrigger-xds` binary: `OUTRIGGER_XDS_BIN`, or built (once per process) with cargo.
+pub fn xds_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| match std::env::var_os("OUTRIGGER_XDS_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => build_with_cargo("outrigger-xds", "outrigger-xds"),
+    })
+}
+
+/// Builds a binary into the test binary's own target directory and profile; returns its path.
+fn build_with_cargo(package: &str, bin: &str) -> PathBuf {
     // The test executable lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe.parent().and_then(Path::parent).expect("test binary is in <target>/<profile>/deps");
@@ -38,15 +47,7 @@ fn build_with_cargo() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "outrigger-proxy",
-            "--bin",
-            "outrigger",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--quiet", "-p", package, "--bin", bin, "--message-format=json-render-diagnostics"])
         .env("CARGO_TARGET_DIR", target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -64,9 +65,9 @@ fn build_with_cargo() -> PathBuf {
     let exe = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "outrigger")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no outrigger executable");
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"));
     assert!(exe.is_file(), "{} missing after build", exe.display());
     exe
 }

@@ -185,7 +185,12 @@ const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints", "policy"]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", &["overprovisioning_factor"]),
-    ("envoy.config.endpoint.v3.LocalityLbEndpoints", &["lb_endpoints", "locality", "priority"]),
+    // load_balancing_weight only matters with locality-weighted balancing, which is not
+    // configurable here; Envoy ignores it as well without locality_weighted_lb_config.
+    (
+        "envoy.config.endpoint.v3.LocalityLbEndpoints",
+        &["lb_endpoints", "locality", "priority", "load_balancing_weight"],
+    ),
     ("envoy.config.endpoint.v3.LbEndpoint", &["endpoint", "load_balancing_weight", "metadata", "health_status"]),
     ("envoy.config.endpoint.v3.Endpoint", &["address", "hostname"]),
     (

@@ -103,9 +103,10 @@ pub fn clusters(
                             c["eds_cluster_config"] =
                                 json!({"eds_config": {"ads": {}, "resource_api_version": "V3"}, "service_name": name});
                             let lbe = lb_endpoints(&selected, &port.name, port.target_port.unwrap_or(port.number));
+                            // A locality (even empty) and its weight: proxyless gRPC requires both.
                             cla.insert(
                                 name.clone(),
-                                json!({"cluster_name": name, "endpoints": [{"lb_endpoints": lbe}]}),
+                                json!({"cluster_name": name, "endpoints": [{"locality": {}, "lb_endpoints": lbe, "load_balancing_weight": 1}]}),
                             );
                         }
                     }

@@ -87,6 +87,24 @@ pub fn listeners(reg: &Registry, proxy: &ProxyInfo, mode: OutboundMode) -> BTree
     }
     let blackhole = json!({"name": "BlackHole", "filters": [tcp_chain("BlackHoleCluster", "BlackHoleCluster")]});
     let mut out = BTreeMap::new();
+    // API listeners for proxyless gRPC (`xds:///host:port`): no socket, just the HCM that
+    // names the route configuration. Only sent to clients that ask for them by name.
+    for (meta, se) in &reg.service_entries {
+        for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
+            for port in se.ports.iter().filter(|p| p.is_http()) {
+                let name = format!("{host}:{}", port.number);
+                out.insert(name.clone(), json!({
+                    "name": name,
+                    "api_listener": {"api_listener": {
+                        "@type": HCM,
+                        "stat_prefix": name,
+                        "rds": {"route_config_name": name, "config_source": {"ads": {}, "resource_api_version": "V3"}},
+                        "http_filters": http_filters(),
+                    }},
+                }));
+            }
+        }
+    }
     for (name, port, chains) in [("virtualOutbound", 15001, outbound), ("virtualInbound", 15006, inbound)] {
         out.insert(
             name.to_string(),

@@ -129,6 +129,7 @@ fn virtual_services_for<'a>(reg: &'a Registry, host: &str) -> Vec<&'a (Metadata,
 
 pub fn routes(reg: &Registry, proxy: &ProxyInfo) -> Result<BTreeMap<String, Value>, GenerateError> {
     let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
+    let mut api: BTreeMap<String, Value> = BTreeMap::new();
     let mut used: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
     for (meta, se) in &reg.service_entries {
         for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
@@ -160,6 +161,15 @@ pub fn routes(reg: &Registry, proxy: &ProxyInfo) -> Result<BTreeMap<String, Valu
                     "match": {"prefix": "/"},
                     "route": {"cluster": cluster_name(port.number, "", host), "timeout": "0s"},
                 }));
+                // Proxyless gRPC clients (`xds:///host:port`) get a route configuration of their
+                // own per service, named like their API listener.
+                let api_name = format!("{host}:{}", port.number);
+                api.insert(
+                    api_name.clone(),
+                    json!({"name": api_name, "validate_clusters": false, "virtual_hosts": [{
+                        "name": api_name, "domains": [api_name, host], "routes": rts.clone(),
+                    }]}),
+                );
                 let d = domains(host, port.number, &proxy.namespace, used.entry(port.number).or_default());
                 if d.is_empty() {
                     continue;
@@ -172,11 +182,13 @@ pub fn routes(reg: &Registry, proxy: &ProxyInfo) -> Result<BTreeMap<String, Valu
             }
         }
     }
-    Ok(by_port
+    let mut out: BTreeMap<String, Value> = by_port
         .into_iter()
         .map(|(port, vhosts)| {
             let name = port.to_string();
             (name.clone(), json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false}))
         })
-        .collect())
+        .collect();
+    out.extend(api);
+    Ok(out)
 }

@@ -77,7 +77,15 @@ impl Stream1 {
     fn response(&mut self, t: &str) -> Option<DiscoveryResponse> {
         let (names, sent) = self.subs.get(t)?;
         let all = self.resources.get(t).cloned().unwrap_or_default();
-        let selected: BTreeMap<_, _> = all.into_iter().filter(|(n, _)| names.is_empty() || names.contains(n)).collect();
+        // A wildcard LDS subscription (a sidecar) gets socket listeners; API listeners go only
+        // to clients that name them (proxyless gRPC).
+        let selected: BTreeMap<_, _> = all
+            .into_iter()
+            .filter(|(n, _)| match names.is_empty() {
+                true => !(t == LISTENER && crate::generate::is_api_listener(n)),
+                false => names.contains(n),
+            })
+            .collect();
         let version = digest(&selected);
         if *sent == version {
             return None;

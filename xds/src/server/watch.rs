@@ -15,6 +15,7 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml"))
                 .filter_map(|e| {
                     let m = e.metadata().ok()?;
                     Some((e.path(), m.len(), m.modified().ok()?))

@@ -88,12 +88,13 @@ fn start_control_plane(ns: &NetNs, dir: &Path) -> ControlPlane {
     })
 }
 
-fn sidecar(ns: &NetNs, pod: &str, namespace: &str, ip: &str, labels: &str) -> Arc<Proxy> {
+fn sidecar(ns: &NetNs, pod: &str, namespace: &str, ip: &str, labels: &str, delta: bool) -> Arc<Proxy> {
     let (pod, namespace, ip, labels) = (pod.to_string(), namespace.to_string(), ip.to_string(), labels.to_string());
     ns.enter(move || {
         Arc::new(Proxy::start_args(
             &[
                 "sidecar",
+                if delta { "--delta" } else { "--log-level=info" },
                 "--xds-address",
                 "http://127.0.0.1:15010",
                 "--admin-port",
@@ -169,8 +170,9 @@ fn control_plane_configures_sidecars_and_routes_captured_traffic() {
     let vs = dir.join("vs.yaml");
     write_atomic(&vs, &virtual_service(100, 0));
     let mut cp = start_control_plane(&ns, &dir);
-    let _a = sidecar(&ns, "productpage-v1", "bookinfo", "127.0.0.1", "app=productpage");
-    let _b = sidecar(&ns, "ratings-v1", "other", "127.0.0.2", "app=ratings");
+    // The sidecar that carries the traffic speaks incremental xDS; the other state of the world.
+    let _a = sidecar(&ns, "productpage-v1", "bookinfo", "127.0.0.1", "app=productpage", true);
+    let _b = sidecar(&ns, "ratings-v1", "other", "127.0.0.2", "app=ratings", false);
 
     assert!(requests(&ns, 10).iter().all(|b| b.as_deref() == Some("v1")));
     let s = syncz(&ns);

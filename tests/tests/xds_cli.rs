@@ -23,8 +23,15 @@ fn validate_accepts_bookinfo_and_reports_every_error_with_file_document_and_fiel
     let out = Command::new(xds_binary()).arg("validate").arg(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("a.yaml: document 0 (ServiceEntry default/s): spec.ports[0]") && err.contains("protokol"), "{err}");
-    assert!(err.contains("b.yaml: document 1 (DestinationRule default/bad): spec.trafficPolicy") && err.contains("connectionPool"), "{err}");
+    assert!(
+        err.contains("a.yaml: document 0 (ServiceEntry default/s): spec.ports[0]") && err.contains("protokol"),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.yaml: document 1 (DestinationRule default/bad): spec.trafficPolicy")
+            && err.contains("connectionPool"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -51,6 +51,14 @@ pub fn proxy_info(node: &Node) -> ProxyInfo {
     ProxyInfo { id: node.id.clone(), namespace, labels, instance_ip }
 }
 
+pub(super) fn digest_one(a: &envoy_types::pb::google::protobuf::Any) -> String {
+    let mut h = 0xcbf29ce484222325u64;
+    for b in a.value.iter() {
+        h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
 fn digest(by_name: &BTreeMap<String, envoy_types::pb::google::protobuf::Any>) -> String {
     let mut h = 0xcbf29ce484222325u64;
     for (n, a) in by_name {
@@ -62,7 +70,7 @@ fn digest(by_name: &BTreeMap<String, envoy_types::pb::google::protobuf::Any>) ->
 }
 
 /// Push order: clusters before their endpoints, listeners before their routes (Envoy's warming).
-const ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+pub(super) const ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
 struct Stream1 {
     conn: u64,
@@ -182,12 +190,17 @@ impl AggregatedDiscoveryService for Ads {
 
     async fn delta_aggregated_resources(
         &self,
-        _req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+        req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "outrigger-xds serves state-of-the-world ADS; incremental is not implemented yet",
-        ))
+        Ok(tonic::Response::new(super::delta::stream(self.control.clone(), req.into_inner())))
     }
+}
+
+pub(super) fn regenerate_for(
+    control: &Control,
+    proxy: &ProxyInfo,
+) -> Result<Resources, crate::generate::GenerateError> {
+    generate(&control.registry(), proxy, &control.pool)
 }
 
 fn regenerate(control: &Control, s: &mut Stream1) -> Result<(), crate::generate::GenerateError> {

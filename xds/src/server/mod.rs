@@ -1,5 +1,6 @@
 //! Serving: the ADS endpoint, the directory watcher, and the monitoring endpoints.
 pub mod ads;
+pub mod delta;
 pub mod monitor;
 pub mod watch;
 

@@ -1,0 +1,154 @@
+//! Incremental ADS (DELTA_GRPC): per stream and type, the client's subscription and the version
+//! of every resource it has; a push carries only what changed for it, and `removed_resources`.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+
+use super::ads::{digest_one, proxy_info, regenerate_for, ORDER};
+use super::{Control, ProxyStatus};
+use crate::generate::{is_api_listener, ProxyInfo, Resources, LISTENER};
+
+#[derive(Default)]
+struct Sub {
+    wildcard: bool,
+    names: HashSet<String>,
+    /// name → version the client has.
+    have: HashMap<String, String>,
+}
+
+type Out = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Send>>;
+
+pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscoveryRequest>) -> Out {
+    let (tx, rx) = mpsc::channel(16);
+    let conn = control.next_conn.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        control.metrics.connected.inc();
+        let mut gen = control.generation.subscribe();
+        let mut proxy: Option<ProxyInfo> = None;
+        let mut resources = Resources::new();
+        let mut subs: BTreeMap<String, Sub> = BTreeMap::new();
+        let mut nonce = 0u64;
+        loop {
+            let types: Vec<String> = tokio::select! {
+                msg = inbound.message() => {
+                    let Ok(Some(r)) = msg else { break };
+                    if proxy.is_none() {
+                        let Some(node) = r.node.as_ref() else {
+                            let _ = tx.send(Err(tonic::Status::invalid_argument("the first request must carry the node"))).await;
+                            break;
+                        };
+                        let info = proxy_info(node);
+                        control.proxies.lock().unwrap().insert(
+                            conn,
+                            ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), ..Default::default() },
+                        );
+                        match regenerate_for(&control, &info) {
+                            Ok(res) => resources = res,
+                            Err(e) => tracing::error!(error = %e, "cannot generate configuration for a proxy"),
+                        }
+                        proxy = Some(info);
+                    }
+                    record(&control, conn, &r);
+                    let first = !subs.contains_key(&r.type_url);
+                    let sub = subs.entry(r.type_url.clone()).or_default();
+                    if first {
+                        sub.wildcard = r.resource_names_subscribe.is_empty() || r.resource_names_subscribe.iter().any(|n| n == "*");
+                        sub.have = r.initial_resource_versions.clone();
+                    }
+                    sub.names.extend(r.resource_names_subscribe.iter().filter(|n| *n != "*").cloned());
+                    for n in &r.resource_names_unsubscribe {
+                        sub.names.remove(n);
+                        sub.have.remove(n);
+                    }
+                    if first || !r.resource_names_subscribe.is_empty() { vec![r.type_url.clone()] } else { vec![] }
+                }
+                changed = gen.changed() => {
+                    if changed.is_err() { break }
+                    let start = std::time::Instant::now();
+                    let Some(p) = &proxy else { continue };
+                    match regenerate_for(&control, p) {
+                        Ok(res) => resources = res,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot generate configuration for a proxy");
+                            continue;
+                        }
+                    }
+                    control.metrics.push_time.observe(start.elapsed().as_secs_f64());
+                    subs.keys().cloned().collect()
+                }
+            };
+            for t in ORDER.iter().filter(|t| types.iter().any(|x| x == *t)) {
+                let Some(sub) = subs.get_mut(*t) else { continue };
+                if let Some(resp) = diff(t, sub, &resources, &mut nonce) {
+                    control.metrics.pushes.inc();
+                    if let Some(p) = control.proxies.lock().unwrap().get_mut(&conn) {
+                        p.sent.insert(t.to_string(), resp.system_version_info.clone());
+                    }
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        control.proxies.lock().unwrap().remove(&conn);
+        control.metrics.connected.dec();
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn diff(t: &str, sub: &mut Sub, resources: &Resources, nonce: &mut u64) -> Option<DeltaDiscoveryResponse> {
+    let empty = BTreeMap::new();
+    let all = resources.get(t).unwrap_or(&empty);
+    let in_scope = |n: &str| match sub.wildcard {
+        true => !(t == LISTENER && is_api_listener(n)),
+        false => sub.names.contains(n),
+    };
+    let mut out = Vec::new();
+    for (name, any) in all.iter().filter(|(n, _)| in_scope(n)) {
+        let v = digest_one(any);
+        if sub.have.get(name) != Some(&v) {
+            sub.have.insert(name.clone(), v.clone());
+            out.push(Resource { name: name.clone(), version: v, resource: Some(any.clone()), ..Default::default() });
+        }
+    }
+    let removed: Vec<String> = sub.have.keys().filter(|n| !all.contains_key(*n) || !in_scope(n)).cloned().collect();
+    for n in &removed {
+        sub.have.remove(n);
+    }
+    if out.is_empty() && removed.is_empty() {
+        return None;
+    }
+    *nonce += 1;
+    Some(DeltaDiscoveryResponse {
+        system_version_info: nonce.to_string(),
+        resources: out,
+        type_url: t.to_string(),
+        removed_resources: removed,
+        nonce: nonce.to_string(),
+        ..Default::default()
+    })
+}
+
+fn record(control: &Control, conn: u64, r: &DeltaDiscoveryRequest) {
+    if r.response_nonce.is_empty() {
+        return;
+    }
+    let mut proxies = control.proxies.lock().unwrap();
+    let Some(p) = proxies.get_mut(&conn) else { return };
+    match &r.error_detail {
+        Some(e) => {
+            control.metrics.nacks.inc();
+            tracing::warn!(proxy = %p.id, type_url = %r.type_url, error = %e.message, "NACK");
+            p.nacked.insert(r.type_url.clone(), e.message.clone());
+        }
+        None => {
+            p.nacked.remove(&r.type_url);
+            p.acked.insert(r.type_url.clone(), r.response_nonce.clone());
+        }
+    }
+}

@@ -17,8 +17,14 @@ use crate::upstream::pool::connect_tcp;
 
 const BUF: usize = 16 * 1024;
 
-pub async fn serve<IO>(mut down: IO, peer: SocketAddr, snapshot: Arc<Snapshot>, tcp: Arc<TcpProxy>, drain: Drain)
-where
+pub async fn serve<IO>(
+    mut down: IO,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    snapshot: Arc<Snapshot>,
+    tcp: Arc<TcpProxy>,
+    drain: Drain,
+) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     tcp.stats.cx.inc();
@@ -34,7 +40,7 @@ where
     };
     let outcome = async {
         let cluster = snapshot.clusters.get(cluster_name).ok_or(Flag::NoCluster)?;
-        let ep = cluster.pick().ok_or_else(|| {
+        let ep = cluster.pick_for(original_dst).ok_or_else(|| {
             cluster.stats.none_healthy.inc();
             Flag::NoHealthyUpstream
         })?;

@@ -214,10 +214,14 @@ pub struct TcpServer {
 
 impl TcpServer {
     pub fn start(mode: TcpMode) -> TcpServer {
+        TcpServer::start_on(mode, "127.0.0.1:0".parse().unwrap())
+    }
+
+    pub fn start_on(mode: TcpMode, addr: SocketAddr) -> TcpServer {
         let connections = Arc::new(AtomicUsize::new(0));
         let first_bytes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (c, f) = (connections.clone(), first_bytes.clone());
-        let (addr, runner) = run("127.0.0.1:0".parse().unwrap(), move |l| accept_tcp(l, mode, c, f));
+        let (addr, runner) = run(addr, move |l| accept_tcp(l, mode, c, f));
         TcpServer { addr, connections, first_bytes, _runner: runner }
     }
 

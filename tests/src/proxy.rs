@@ -129,18 +129,32 @@ impl Proxy {
         std::fs::write(&cfg, contents).expect("write bootstrap");
         let mut args = vec!["-c".to_string(), cfg.display().to_string()];
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        Proxy::launch(dir, &args, &[])
+        Proxy::launch(dir, &args, &[], None)
     }
 
     /// Starts `outrigger <args>` (a subcommand such as `sidecar ...`) with extra environment.
     pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Proxy::launch(temp_dir(), &args, env)
+        Proxy::start_args_as(args, env, None)
     }
 
-    fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)]) -> Proxy {
+    /// As `start_args`, running as `uid` (the sidecar's own user, whose traffic capture exempts).
+    pub fn start_args_as(args: &[&str], env: &[(&str, &str)], uid: Option<u32>) -> Proxy {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let dir = temp_dir();
+        if uid.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod temp dir");
+        }
+        Proxy::launch(dir, &args, env, uid)
+    }
+
+    fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)], uid: Option<u32>) -> Proxy {
         let admin_path = dir.join("admin-address");
         let mut cmd = Command::new(binary());
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
         cmd.args(args).arg("--admin-address-path").arg(&admin_path);
         if !args.iter().any(|a| a.starts_with("--concurrency")) {
             cmd.args(["--concurrency", "1"]);

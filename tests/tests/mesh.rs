@@ -7,11 +7,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outrigger_tests::client::get_h1;
+use outrigger_tests::backend::TcpMode;
+use outrigger_tests::client::{get_h1, tcp_exchange};
 use outrigger_tests::netns::NetNs;
 use outrigger_tests::proxy::{temp_dir, xds_binary};
-use outrigger_tests::{Backend, Proxy, WAIT};
+use outrigger_tests::{Backend, Proxy, TcpServer, WAIT};
 use serde_json::Value;
+
+/// The sidecar's uid (Istio's 1337): capture never redirects its own connections.
+const PROXY_UID: u32 = 1337;
 
 const SERVICE: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -91,7 +95,7 @@ fn start_control_plane(ns: &NetNs, dir: &Path) -> ControlPlane {
 fn sidecar(ns: &NetNs, pod: &str, namespace: &str, ip: &str, labels: &str, delta: bool) -> Arc<Proxy> {
     let (pod, namespace, ip, labels) = (pod.to_string(), namespace.to_string(), ip.to_string(), labels.to_string());
     ns.enter(move || {
-        Arc::new(Proxy::start_args(
+        Arc::new(Proxy::start_args_as(
             &[
                 "sidecar",
                 if delta { "--delta" } else { "--log-level=info" },
@@ -105,6 +109,7 @@ fn sidecar(ns: &NetNs, pod: &str, namespace: &str, ip: &str, labels: &str, delta
                 "127.0.0.1:0",
             ],
             &[("POD_NAME", &pod), ("POD_NAMESPACE", &namespace), ("INSTANCE_IP", &ip), ("WORKLOAD_LABELS", &labels)],
+            Some(PROXY_UID),
         ))
     })
 }
@@ -144,6 +149,9 @@ fn control_plane_configures_sidecars_and_routes_captured_traffic() {
     // Capture: connections to service VIPs go to the sidecar's outbound port, as outrigger-init
     // will set it up (only the VIP range here, so the proxy's own upstream traffic passes).
     ns.exec(&["ip", "route", "add", "local", "10.99.0.0/24", "dev", "lo"]);
+    // Capture as outrigger-init will: TCP to the service range goes to the sidecar's outbound port,
+    // except the sidecar's own traffic (its uid), so passthrough reaches the real destination.
+    let uid = PROXY_UID.to_string();
     ns.exec(&[
         "iptables",
         "-t",
@@ -154,6 +162,11 @@ fn control_plane_configures_sidecars_and_routes_captured_traffic() {
         "tcp",
         "-d",
         "10.99.0.0/24",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        &uid,
         "-j",
         "REDIRECT",
         "--to-ports",
@@ -175,6 +188,18 @@ fn control_plane_configures_sidecars_and_routes_captured_traffic() {
     let _b = sidecar(&ns, "ratings-v1", "other", "127.0.0.2", "app=ratings", false);
 
     assert!(requests(&ns, 10).iter().all(|b| b.as_deref() == Some("v1")));
+    // A destination no service matches passes through to where it was going (ALLOW_ANY).
+    let echo = ns.enter(|| TcpServer::start_on(TcpMode::Echo, "10.99.0.99:7000".parse().unwrap()));
+    let echoed = ns.enter(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(tcp_exchange("10.99.0.99:7000".parse().unwrap(), b"passthrough"))
+    });
+    assert_eq!(echoed, b"passthrough");
+    assert_eq!(echo.connections(), 1);
+    // ...through the sidecar, not around it.
+    let a = _a.clone();
+    let passed = ns.enter(move || a.metric("envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"PassthroughCluster\"}"));
+    assert_eq!(passed, 1.0);
     let s = syncz(&ns);
     let proxies = s["proxies"].as_array().expect("proxies in syncz");
     assert_eq!(proxies.len(), 2, "{s}");

@@ -7,13 +7,20 @@ pub enum DiscoveryType {
     StrictDns,
     /// Endpoints from EDS, by service name (the cluster name when the config leaves it empty).
     Eds(String),
+    /// ORIGINAL_DST: the connection's original destination (before iptables REDIRECT) is the
+    /// endpoint: passthrough for traffic no service matches.
+    OriginalDst,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
     RoundRobin,
-    LeastRequest { choice_count: u32 },
+    LeastRequest {
+        choice_count: u32,
+    },
     Random,
+    /// CLUSTER_PROVIDED: the cluster picks (ORIGINAL_DST).
+    ClusterProvided,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

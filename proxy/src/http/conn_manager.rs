@@ -17,6 +17,7 @@ use crate::snapshot::{HttpManager, Snapshot};
 pub async fn serve<IO>(
     io: IO,
     peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
     live: Arc<arc_swap::ArcSwap<Snapshot>>,
     hcm: Arc<HttpManager>,
     drain: Drain,
@@ -26,7 +27,8 @@ pub async fn serve<IO>(
     let cfg = hcm.config.clone();
     hcm.stats.cx.inc();
     hcm.stats.cx_active.inc();
-    let ctx = Arc::new(ConnCtx { live, hcm: hcm.clone(), peer, tls: false, activity: Default::default() });
+    let ctx =
+        Arc::new(ConnCtx { live, hcm: hcm.clone(), peer, original_dst, tls: false, activity: Default::default() });
     let activity = ctx.clone();
     let svc = service_fn(move |req| router::handle(ctx.clone(), req));
 

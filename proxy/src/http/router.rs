@@ -27,6 +27,8 @@ pub struct ConnCtx {
     pub live: Arc<arc_swap::ArcSwap<Snapshot>>,
     pub hcm: Arc<HttpManager>,
     pub peer: SocketAddr,
+    /// Where the connection was headed before iptables REDIRECT (for ORIGINAL_DST clusters).
+    pub original_dst: Option<SocketAddr>,
     pub tls: bool,
     /// For the connection idle timeout: requests being handled, and when the last one ended.
     pub activity: Activity,
@@ -203,7 +205,7 @@ async fn proxy(
     if let Some(l) = log.as_mut() {
         l.entry.upstream_cluster = Some(cluster_name.to_string());
     }
-    let Some(ep) = cluster.pick() else {
+    let Some(ep) = cluster.pick_for(ctx.original_dst) else {
         cluster.stats.none_healthy.inc();
         return Err(Flag::NoHealthyUpstream);
     };

@@ -65,7 +65,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &str, live: Arc<A
     l.stats.cx.inc();
     l.stats.cx_active.inc();
     let local = stream.local_addr().unwrap_or(l.config.address);
-    let local = if l.config.use_original_dst { super::original_dst::get(&stream).unwrap_or(local) } else { local };
+    let original_dst = if l.config.use_original_dst { super::original_dst::get(&stream) } else { None };
+    let local = original_dst.unwrap_or(local);
     let hello = if l.config.tls_inspector {
         tls_inspector::peek(&stream, INSPECT_TIMEOUT).await
     } else {
@@ -73,8 +74,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, listener: &str, live: Arc<A
     };
     let chain = filter_chain::select(&l.chains, l.default_chain.as_ref(), local.port(), &hello);
     match chain.map(|c| c.filter.clone()) {
-        Some(Filter::Http(hcm)) => crate::http::conn_manager::serve(stream, peer, live, hcm, drain).await,
-        Some(Filter::Tcp(tcp)) => crate::tcp_proxy::serve(stream, peer, snapshot, tcp, drain).await,
+        Some(Filter::Http(hcm)) => crate::http::conn_manager::serve(stream, peer, original_dst, live, hcm, drain).await,
+        Some(Filter::Tcp(tcp)) => crate::tcp_proxy::serve(stream, peer, original_dst, snapshot, tcp, drain).await,
         None => tracing::debug!(%peer, listener, "no filter chain matched; closing"),
     }
     l.stats.cx_active.dec();

@@ -44,7 +44,8 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
                 let service = eds.map(|e| e.service_name.clone()).filter(|s| !s.is_empty());
                 DiscoveryType::Eds(service.unwrap_or_else(|| c.name.clone()))
             }
-            _ => return Err(ctx.field("type").err("only STATIC, STRICT_DNS and EDS are supported")),
+            Ok(PbDiscovery::OriginalDst) => DiscoveryType::OriginalDst,
+            _ => return Err(ctx.field("type").err("only STATIC, STRICT_DNS, EDS and ORIGINAL_DST are supported")),
         },
         Some(_) => return Err(ctx.field("cluster_type").err("custom cluster types are not supported")),
     };
@@ -61,8 +62,16 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
             }
             LbPolicy::LeastRequest { choice_count }
         }
-        _ => return Err(ctx.field("lb_policy").err("only ROUND_ROBIN, LEAST_REQUEST and RANDOM are supported")),
+        Ok(PbLb::ClusterProvided) if discovery == DiscoveryType::OriginalDst => LbPolicy::ClusterProvided,
+        _ => {
+            return Err(ctx
+                .field("lb_policy")
+                .err("only ROUND_ROBIN, LEAST_REQUEST and RANDOM are supported (CLUSTER_PROVIDED with ORIGINAL_DST)"))
+        }
     };
+    if discovery == DiscoveryType::OriginalDst && c.load_assignment.is_some() {
+        return Err(ctx.field("load_assignment").err("an ORIGINAL_DST cluster has no configured endpoints"));
+    }
     if matches!(c.lb_config, Some(LbConfig::LeastRequestLbConfig(_))) && !matches!(lb, LbPolicy::LeastRequest { .. }) {
         return Err(ctx.field("least_request_lb_config").err("only valid with lb_policy LEAST_REQUEST"));
     }

@@ -89,6 +89,15 @@ impl Cluster {
         lb::pick(self, &set).cloned()
     }
 
+    /// As [`Cluster::pick`], for a connection whose original destination is `original_dst`:
+    /// an ORIGINAL_DST cluster sends it there (a fresh endpoint; passthrough is not pooled).
+    pub fn pick_for(&self, original_dst: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        match self.config.discovery {
+            crate::config::DiscoveryType::OriginalDst => original_dst.map(|a| Endpoint::new(a, 1)),
+            _ => self.pick(),
+        }
+    }
+
     pub fn next_rr(&self) -> usize {
         self.rr.fetch_add(1, Ordering::Relaxed)
     }

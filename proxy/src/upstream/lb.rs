@@ -26,7 +26,7 @@ pub fn pick<'a>(cluster: &Cluster, set: &'a EndpointSet) -> Option<&'a Arc<Endpo
                 None => set.list.get(i % n),
             }
         }
-        LbPolicy::Random => set.list.get(fastrand::usize(0..n)),
+        LbPolicy::Random | LbPolicy::ClusterProvided => set.list.get(fastrand::usize(0..n)),
         LbPolicy::LeastRequest { choice_count } => {
             let mut best: Option<&Arc<Endpoint>> = None;
             for _ in 0..choice_count {

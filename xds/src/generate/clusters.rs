@@ -115,13 +115,17 @@ pub fn clusters(
             }
         }
     }
-    // Where traffic goes that matches no service: nowhere (REGISTRY_ONLY) or... also nowhere for
-    // now: the ORIGINAL_DST passthrough cluster needs original-destination support in the proxy.
-    let _ = mode;
+    // Where traffic goes that matches no service: to where it was going (ALLOW_ANY, the
+    // original destination) or nowhere (REGISTRY_ONLY). Inbound passthrough is always there.
     clusters.insert(
         "BlackHoleCluster".into(),
         json!({"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"}),
     );
+    let passthrough = |name: &str| json!({"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s"});
+    if mode == OutboundMode::AllowAny {
+        clusters.insert("PassthroughCluster".into(), passthrough("PassthroughCluster"));
+    }
+    clusters.insert("InboundPassthroughCluster".into(), passthrough("InboundPassthroughCluster"));
     // Inbound: the proxy's own workload, on loopback.
     for (meta, se) in &reg.service_entries {
         let mine = endpoints(reg, &meta.namespace, se).iter().any(|we| proxy_owns(proxy, we));

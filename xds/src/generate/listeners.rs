@@ -25,8 +25,6 @@ fn tcp_chain(stat_prefix: &str, cluster: &str) -> Value {
 
 pub fn listeners(reg: &Registry, proxy: &ProxyInfo, mode: OutboundMode) -> BTreeMap<String, Value> {
     let ip = proxy.instance_ip.clone().unwrap_or_else(|| "0.0.0.0".into());
-    // Unknown destinations go nowhere for now (see clusters.rs about passthrough).
-    let _ = mode;
     let mut outbound: BTreeMap<u16, Value> = BTreeMap::new();
     for (meta, se) in &reg.service_entries {
         for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
@@ -85,7 +83,16 @@ pub fn listeners(reg: &Registry, proxy: &ProxyInfo, mode: OutboundMode) -> BTree
             });
         }
     }
-    let blackhole = json!({"name": "BlackHole", "filters": [tcp_chain("BlackHoleCluster", "BlackHoleCluster")]});
+    let outbound_default = match mode {
+        OutboundMode::AllowAny => {
+            json!({"name": "PassthroughFilterChain", "filters": [tcp_chain("PassthroughCluster", "PassthroughCluster")]})
+        }
+        OutboundMode::RegistryOnly => {
+            json!({"name": "BlackHoleFilterChain", "filters": [tcp_chain("BlackHoleCluster", "BlackHoleCluster")]})
+        }
+    };
+    let inbound_default = json!({"name": "InboundPassthroughFilterChain",
+        "filters": [tcp_chain("InboundPassthroughCluster", "InboundPassthroughCluster")]});
     let mut out = BTreeMap::new();
     // API listeners for proxyless gRPC (`xds:///host:port`): no socket, just the HCM that
     // names the route configuration. Only sent to clients that ask for them by name.
@@ -105,7 +112,9 @@ pub fn listeners(reg: &Registry, proxy: &ProxyInfo, mode: OutboundMode) -> BTree
             }
         }
     }
-    for (name, port, chains) in [("virtualOutbound", 15001, outbound), ("virtualInbound", 15006, inbound)] {
+    for (name, port, chains, default) in
+        [("virtualOutbound", 15001, outbound, outbound_default), ("virtualInbound", 15006, inbound, inbound_default)]
+    {
         out.insert(
             name.to_string(),
             json!({
@@ -114,7 +123,7 @@ pub fn listeners(reg: &Registry, proxy: &ProxyInfo, mode: OutboundMode) -> BTree
                 "use_original_dst": true,
                 "traffic_direction": if port == 15001 { "OUTBOUND" } else { "INBOUND" },
                 "filter_chains": chains.into_values().collect::<Vec<_>>(),
-                "default_filter_chain": blackhole,
+                "default_filter_chain": default,
             }),
         );
     }

@@ -48,7 +48,7 @@ fn unsupported_listener_field_is_named() {
 #[test]
 fn unsupported_cluster_type_is_named() {
     let mut cfg = base();
-    cfg["static_resources"]["clusters"][0]["type"] = json!("ORIGINAL_DST");
+    cfg["static_resources"]["clusters"][0]["type"] = json!("LOGICAL_DNS");
     let err = refused(&cfg);
     assert!(err.contains("cluster \"app\""), "{err}");
     assert!(err.contains("type"), "{err}");

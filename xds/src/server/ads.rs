@@ -77,23 +77,25 @@ struct Stream1 {
     proxy: Option<ProxyInfo>,
     /// type → (names subscribed, empty = all; version last sent)
     subs: HashMap<String, (Vec<String>, String)>,
-    resources: Resources,
+    resources: Arc<Resources>,
     nonce: u64,
 }
 
 impl Stream1 {
     fn response(&mut self, t: &str) -> Option<DiscoveryResponse> {
         let (names, sent) = self.subs.get(t)?;
-        let all = self.resources.get(t).cloned().unwrap_or_default();
+        let empty = BTreeMap::new();
+        let all = self.resources.get(t).unwrap_or(&empty);
         // A wildcard LDS subscription (a sidecar) gets socket listeners; API listeners go only
-        // to clients that name them (proxyless gRPC).
-        let selected: BTreeMap<_, _> = all
-            .into_iter()
-            .filter(|(n, _)| match names.is_empty() {
-                true => !(t == LISTENER && crate::generate::is_api_listener(n)),
-                false => names.contains(n),
-            })
-            .collect();
+        // to clients that name them (proxyless gRPC). Named subscriptions look their names up.
+        let selected: BTreeMap<String, envoy_types::pb::google::protobuf::Any> = if names.is_empty() {
+            all.iter()
+                .filter(|(n, _)| !(t == LISTENER && crate::generate::is_api_listener(n)))
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect()
+        } else {
+            names.iter().filter_map(|n| all.get(n).map(|a| (n.clone(), a.clone()))).collect()
+        };
         let version = digest(&selected);
         if *sent == version {
             return None;
@@ -127,7 +129,7 @@ impl AggregatedDiscoveryService for Ads {
         tokio::spawn(async move {
             control.metrics.connected.inc();
             let mut gen = control.generation.subscribe();
-            let mut s = Stream1 { conn, proxy: None, subs: HashMap::new(), resources: Resources::new(), nonce: 0 };
+            let mut s = Stream1 { conn, proxy: None, subs: HashMap::new(), resources: Arc::default(), nonce: 0 };
             loop {
                 let types: Vec<String> = tokio::select! {
                     msg = inbound.message() => {
@@ -196,16 +198,35 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
+/// The configuration for `proxy`, generated once per configuration generation for every proxy
+/// that looks the same to the generator (namespace, labels, address): a fleet of identical
+/// sidecars costs one generation, not one each.
 pub(super) fn regenerate_for(
     control: &Control,
     proxy: &ProxyInfo,
-) -> Result<Resources, crate::generate::GenerateError> {
-    generate(&control.registry(), proxy, &control.pool)
+) -> Result<Arc<Resources>, crate::generate::GenerateError> {
+    let generation = *control.generation.borrow();
+    let key = format!("{}|{:?}|{:?}", proxy.namespace, proxy.labels, proxy.instance_ip);
+    {
+        let mut cache = control.cache.lock().unwrap();
+        if cache.0 != generation {
+            *cache = (generation, HashMap::new());
+        }
+        if let Some(r) = cache.1.get(&key) {
+            return Ok(r.clone());
+        }
+    }
+    let r = Arc::new(generate(&control.registry(), proxy, &control.pool)?);
+    let mut cache = control.cache.lock().unwrap();
+    if cache.0 == generation {
+        cache.1.insert(key, r.clone());
+    }
+    Ok(r)
 }
 
 fn regenerate(control: &Control, s: &mut Stream1) -> Result<(), crate::generate::GenerateError> {
     let Some(p) = &s.proxy else { return Ok(()) };
-    s.resources = generate(&control.registry(), p, &control.pool)?;
+    s.resources = regenerate_for(control, p)?;
     Ok(())
 }
 

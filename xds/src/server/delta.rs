@@ -30,7 +30,7 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
         control.metrics.connected.inc();
         let mut gen = control.generation.subscribe();
         let mut proxy: Option<ProxyInfo> = None;
-        let mut resources = Resources::new();
+        let mut resources: Arc<Resources> = Arc::default();
         let mut subs: BTreeMap<String, Sub> = BTreeMap::new();
         let mut nonce = 0u64;
         loop {

@@ -47,6 +47,8 @@ pub struct Control {
     pub metrics: Metrics,
     pub registry_metrics: Mutex<prometheus_client::registry::Registry>,
     pub pool: prost_reflect::DescriptorPool,
+    /// Generated configurations of the current generation, by what the generator looks at.
+    pub cache: Mutex<(u64, std::collections::HashMap<String, Arc<crate::generate::Resources>>)>,
 }
 
 impl Control {
@@ -77,6 +79,7 @@ impl Control {
             metrics,
             registry_metrics: Mutex::new(r),
             pool: outrigger_proxy::translate::descriptor_pool(),
+            cache: Mutex::new((0, Default::default())),
         })
     }
 

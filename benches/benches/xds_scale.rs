@@ -3,6 +3,7 @@
 //!     sidecar has ACKed the full configuration and is ready,
 //!   * the control plane's RSS and the proxy's RSS with the full config,
 //!   * the time for one service's endpoint change to reach 100 simulated ADS clients.
+//!
 //! Targets (issue 4): full config in the proxy < 1 s and < 60 MB RSS; the change at all 100
 //! clients < 100 ms. Release binaries are used (`cargo build --release --workspace` first).
 //!

@@ -35,8 +35,4 @@ impl DrainTrigger {
     pub fn signal(&self) {
         let _ = self.0.send(true);
     }
-
-    pub fn subscribe(&self) -> Drain {
-        Drain(self.0.subscribe())
-    }
 }

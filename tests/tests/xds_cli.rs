@@ -49,3 +49,91 @@ fn serve_refuses_a_directory_with_errors_at_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("x.yaml: document 0"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client that NACKs: the control plane records the error per proxy and type, counts it, and
+/// does not resend the same version; the ACK that follows clears it.
+#[tokio::test]
+async fn control_plane_records_nacks_and_acks_per_proxy() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::rpc::Status;
+
+    let bookinfo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xds/testdata/bookinfo");
+    let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (xds, monitor) = (port(()), port(()));
+    let mut cp = std::process::Command::new(xds_binary())
+        .args(["serve", "--config-dir"])
+        .arg(&bookinfo)
+        .args(["--xds-port", &xds.to_string(), "--monitor-port", &monitor.to_string(), "--bind", "127.0.0.1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = loop {
+        if let Ok(c) = AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{xds}")).await {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = Node {
+        id: "sidecar~10.0.0.10~productpage-v1.bookinfo~bookinfo.svc.cluster.local".into(),
+        ..Default::default()
+    };
+    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_string();
+    tx.send(DiscoveryRequest { node: Some(node.clone()), type_url: cds.clone(), ..Default::default() }).unwrap();
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.resources.len() > 5);
+    tx.send(DiscoveryRequest {
+        type_url: cds.clone(),
+        response_nonce: first.nonce.clone(),
+        error_detail: Some(Status { code: 3, message: "cluster \"x\": nope".into(), details: vec![] }),
+        ..Default::default()
+    })
+    .unwrap();
+    let syncz = || async {
+        let r =
+            outrigger_tests::client::get_h1(format!("127.0.0.1:{monitor}").parse().unwrap(), "x", "/debug/syncz", &[])
+                .await;
+        r.json()
+    };
+    let deadline = tokio::time::Instant::now() + outrigger_tests::WAIT;
+    loop {
+        let s = syncz().await;
+        if s["proxies"][0]["nacked"][&cds] == "cluster \"x\": nope" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "NACK not recorded: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The same version is not sent again after a NACK.
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await.is_err());
+    tx.send(DiscoveryRequest {
+        type_url: cds.clone(),
+        version_info: first.version_info.clone(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + outrigger_tests::WAIT;
+    loop {
+        let s = syncz().await;
+        if s["proxies"][0]["acked"][&cds] == first.version_info.as_str()
+            && s["proxies"][0]["nacked"].get(&cds).is_none()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ACK not recorded: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let metrics =
+        outrigger_tests::client::get_h1(format!("127.0.0.1:{monitor}").parse().unwrap(), "x", "/metrics", &[]).await;
+    assert!(metrics.text().contains("pilot_total_xds_rejects_total 1"), "{}", metrics.text());
+    let _ = cp.kill();
+    let _ = cp.wait();
+}

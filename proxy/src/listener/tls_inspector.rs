@@ -38,10 +38,8 @@ pub async fn peek(stream: &TcpStream, timeout: Duration) -> ClientHello {
         match parse(&buf[..n]) {
             Parse::Done(h) => return h,
             Parse::NotTls => return ClientHello::plaintext(),
-            Parse::NeedMore(want) if n == 0 => {
-                let _ = want;
-                return ClientHello::plaintext();
-            }
+            // The peer closed before a whole hello: not TLS we can inspect.
+            Parse::NeedMore(_) if n == 0 => return ClientHello::plaintext(),
             Parse::NeedMore(want) => {
                 if want > MAX_HELLO {
                     return ClientHello { tls: true, ..Default::default() };

@@ -231,21 +231,8 @@ fn regenerate(control: &Control, s: &mut Stream1) -> Result<(), crate::generate:
 }
 
 fn record(control: &Control, s: &Stream1, r: &DiscoveryRequest) {
-    if r.response_nonce.is_empty() {
-        return;
-    }
-    let mut proxies = control.proxies.lock().unwrap();
-    let Some(p) = proxies.get_mut(&s.conn) else { return };
-    match &r.error_detail {
-        Some(e) => {
-            control.metrics.nacks.inc();
-            tracing::warn!(proxy = %p.id, type_url = %r.type_url, error = %e.message, "NACK");
-            p.nacked.insert(r.type_url.clone(), e.message.clone());
-        }
-        None => {
-            p.nacked.remove(&r.type_url);
-            p.acked.insert(r.type_url.clone(), r.version_info.clone());
-        }
+    if !r.response_nonce.is_empty() {
+        control.record_reply(s.conn, &r.type_url, &r.version_info, r.error_detail.as_ref().map(|e| e.message.as_str()));
     }
 }
 

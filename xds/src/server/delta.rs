@@ -134,21 +134,9 @@ fn diff(t: &str, sub: &mut Sub, resources: &Resources, nonce: &mut u64) -> Optio
     })
 }
 
+/// Delta ACKs carry no version: the nonce answered stands for it.
 fn record(control: &Control, conn: u64, r: &DeltaDiscoveryRequest) {
-    if r.response_nonce.is_empty() {
-        return;
-    }
-    let mut proxies = control.proxies.lock().unwrap();
-    let Some(p) = proxies.get_mut(&conn) else { return };
-    match &r.error_detail {
-        Some(e) => {
-            control.metrics.nacks.inc();
-            tracing::warn!(proxy = %p.id, type_url = %r.type_url, error = %e.message, "NACK");
-            p.nacked.insert(r.type_url.clone(), e.message.clone());
-        }
-        None => {
-            p.nacked.remove(&r.type_url);
-            p.acked.insert(r.type_url.clone(), r.response_nonce.clone());
-        }
+    if !r.response_nonce.is_empty() {
+        control.record_reply(conn, &r.type_url, &r.response_nonce, r.error_detail.as_ref().map(|e| e.message.as_str()));
     }
 }

@@ -95,6 +95,23 @@ impl Control {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Records a proxy's ACK (`error` None) or NACK of `type_url` for `/debug/syncz` and metrics.
+    pub fn record_reply(&self, conn: u64, type_url: &str, version: &str, error: Option<&str>) {
+        let mut proxies = self.proxies.lock().unwrap();
+        let Some(p) = proxies.get_mut(&conn) else { return };
+        match error {
+            Some(e) => {
+                self.metrics.nacks.inc();
+                tracing::warn!(proxy = %p.id, type_url, error = e, "NACK");
+                p.nacked.insert(type_url.to_string(), e.to_string());
+            }
+            None => {
+                p.nacked.remove(type_url);
+                p.acked.insert(type_url.to_string(), version.to_string());
+            }
+        }
+    }
+
     pub fn reject(&self, errors: Vec<LoadError>) {
         for e in &errors {
             tracing::error!(error = %e, "configuration rejected; the last good configuration stays in force");

@@ -75,7 +75,10 @@ fn validate(dir: &std::path::Path) -> ExitCode {
     match load_dir(dir) {
         Ok(reg) => {
             let pool = outrigger_proxy::translate::descriptor_pool();
-            match generate(&reg, &ProxyInfo { namespace: "default".into(), ..Default::default() }, &pool) {
+            // Both kinds of client: a sidecar, and a proxyless gRPC client (API listeners).
+            let sidecar = ProxyInfo { namespace: "default".into(), ..Default::default() };
+            let grpc = ProxyInfo { proxyless: true, ..sidecar.clone() };
+            match generate(&reg, &sidecar, &pool).and_then(|_| generate(&reg, &grpc, &pool)) {
                 Ok(_) => {
                     println!("{}: OK", dir.display());
                     ExitCode::SUCCESS

@@ -96,7 +96,8 @@ pub fn listeners(reg: &Registry, proxy: &ProxyInfo, mode: OutboundMode) -> BTree
     let mut out = BTreeMap::new();
     // API listeners for proxyless gRPC (`xds:///host:port`): no socket, just the HCM that
     // names the route configuration. Only sent to clients that ask for them by name.
-    for (meta, se) in &reg.service_entries {
+    let proxyless = reg.service_entries.iter().filter(|_| proxy.proxyless);
+    for (meta, se) in proxyless {
         for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
             for port in se.ports.iter().filter(|p| p.is_http()) {
                 let name = format!("{host}:{}", port.number);

@@ -32,6 +32,9 @@ pub struct ProxyInfo {
     pub labels: BTreeMap<String, String>,
     /// The address the virtual listeners bind (Istio's INSTANCE_IPS), when the proxy says.
     pub instance_ip: Option<String>,
+    /// A proxyless gRPC client (metadata GENERATOR=grpc, or a node id that is not Istio's
+    /// `sidecar~`/`router~`): it gets API listeners and per-service routes instead of sockets.
+    pub proxyless: bool,
 }
 
 /// A proxy's full configuration: type URL → name → resource.

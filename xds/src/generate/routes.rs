@@ -164,12 +164,14 @@ pub fn routes(reg: &Registry, proxy: &ProxyInfo) -> Result<BTreeMap<String, Valu
                 // Proxyless gRPC clients (`xds:///host:port`) get a route configuration of their
                 // own per service, named like their API listener.
                 let api_name = format!("{host}:{}", port.number);
-                api.insert(
-                    api_name.clone(),
-                    json!({"name": api_name, "validate_clusters": false, "virtual_hosts": [{
-                        "name": api_name, "domains": [api_name, host], "routes": rts.clone(),
-                    }]}),
-                );
+                if proxy.proxyless {
+                    api.insert(
+                        api_name.clone(),
+                        json!({"name": api_name, "validate_clusters": false, "virtual_hosts": [{
+                            "name": api_name, "domains": [api_name, host], "routes": rts.clone(),
+                        }]}),
+                    );
+                }
                 let d = domains(host, port.number, &proxy.namespace, used.entry(port.number).or_default());
                 if d.is_empty() {
                     continue;

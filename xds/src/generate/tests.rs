@@ -17,6 +17,7 @@ fn proxy(labels: &[(&str, &str)]) -> ProxyInfo {
         namespace: "bookinfo".into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         instance_ip: Some("10.0.0.10".into()),
+        proxyless: false,
     }
 }
 
@@ -153,4 +154,16 @@ fn bad_documents_name_file_document_and_field() {
         &mut errors,
     );
     assert!(errors[0].to_string().contains("Gateway"), "{:?}", errors);
+}
+
+#[test]
+fn proxyless_grpc_clients_get_api_listeners_and_sidecars_do_not() {
+    let reg = bookinfo();
+    let sidecar = generated(&reg, &proxy(&[]));
+    assert!(!sidecar[LISTENER].keys().any(|n| is_api_listener(n)));
+    let grpc = generated(&reg, &ProxyInfo { proxyless: true, ..proxy(&[]) });
+    let api = &grpc[LISTENER]["reviews.bookinfo.svc.cluster.local:9080"];
+    assert_eq!(api["apiListener"]["apiListener"]["rds"]["routeConfigName"], "reviews.bookinfo.svc.cluster.local:9080");
+    let rc = &grpc[ROUTE]["reviews.bookinfo.svc.cluster.local:9080"];
+    assert_eq!(rc["virtualHosts"][0]["domains"][0], "reviews.bookinfo.svc.cluster.local:9080");
 }

@@ -48,7 +48,9 @@ pub fn proxy_info(node: &Node) -> ProxyInfo {
         .unwrap_or_default();
     let instance_ip =
         get("INSTANCE_IPS").and_then(|s| s.split(',').next().map(str::to_string)).filter(|s| !s.is_empty());
-    ProxyInfo { id: node.id.clone(), namespace, labels, instance_ip }
+    let proxyless = get("GENERATOR").is_some_and(|g| g == "grpc")
+        || !(node.id.starts_with("sidecar~") || node.id.starts_with("router~"));
+    ProxyInfo { id: node.id.clone(), namespace, labels, instance_ip, proxyless }
 }
 
 pub(super) fn digest_one(a: &envoy_types::pb::google::protobuf::Any) -> String {
@@ -142,7 +144,7 @@ impl AggregatedDiscoveryService for Ads {
                             let info = proxy_info(node);
                             control.proxies.lock().unwrap().insert(
                                 s.conn,
-                                ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), ..Default::default() },
+                                ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), info: info.clone(), ..Default::default() },
                             );
                             s.proxy = Some(info);
                             if let Err(e) = regenerate(&control, &mut s) {
@@ -241,7 +243,7 @@ pub fn dump_for(control: &Control, proxy_id: &str) -> Option<serde_json::Value> 
     let info = {
         let proxies = control.proxies.lock().unwrap();
         let p = proxies.values().find(|p| p.id == proxy_id)?;
-        ProxyInfo { id: p.id.clone(), namespace: p.namespace.clone(), ..Default::default() }
+        p.info.clone()
     };
     let res = generate(&control.registry(), &info, &control.pool).ok()?;
     let mut out = serde_json::Map::new();

@@ -45,7 +45,7 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
                         let info = proxy_info(node);
                         control.proxies.lock().unwrap().insert(
                             conn,
-                            ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), ..Default::default() },
+                            ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), info: info.clone(), ..Default::default() },
                         );
                         match regenerate_for(&control, &info) {
                             Ok(res) => resources = res,

@@ -26,6 +26,9 @@ pub struct ProxyStatus {
     pub nacked: BTreeMap<String, String>,
     /// type URL → version last sent.
     pub sent: BTreeMap<String, String>,
+    /// What the generator knows of it.
+    #[serde(skip)]
+    pub info: crate::generate::ProxyInfo,
 }
 
 pub struct Metrics {

@@ -137,3 +137,66 @@ async fn control_plane_records_nacks_and_acks_per_proxy() {
     let _ = cp.kill();
     let _ = cp.wait();
 }
+
+/// A burst of file writes becomes one push: the watcher waits for the directory to settle.
+#[tokio::test]
+async fn a_burst_of_changes_is_pushed_once() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+    let dir = temp_dir();
+    let se = |i: usize| {
+        format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: s{i} }}\nspec: {{ hosts: [s{i}.example.com], ports: [{{ number: 80, name: http }}], resolution: STATIC, endpoints: [{{ address: 10.0.0.{i} }}] }}\n")
+    };
+    std::fs::write(dir.join("s0.yaml"), se(0)).unwrap();
+    let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (xds, monitor) = (port(()), port(()));
+    let mut cp = std::process::Command::new(xds_binary())
+        .args(["serve", "--config-dir"])
+        .arg(&dir)
+        .args(["--xds-port", &xds.to_string(), "--monitor-port", &monitor.to_string(), "--bind", "127.0.0.1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = loop {
+        if let Ok(c) = AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{xds}")).await {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = Node { id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(), ..Default::default() };
+    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_string();
+    tx.send(DiscoveryRequest { node: Some(node), type_url: cds.clone(), ..Default::default() }).unwrap();
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let ack = |r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse| DiscoveryRequest {
+        type_url: r.type_url.clone(),
+        version_info: r.version_info.clone(),
+        response_nonce: r.nonce.clone(),
+        ..Default::default()
+    };
+    tx.send(ack(&first)).unwrap();
+    // Five files, 10 ms apart: one settled change.
+    for i in 1..=5 {
+        std::fs::write(dir.join(format!("s{i}.yaml")), se(i)).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let second = tokio::time::timeout(outrigger_tests::WAIT, stream.message()).await.expect("a push").unwrap().unwrap();
+    tx.send(ack(&second)).unwrap();
+    let names = second.resources.len();
+    // All five new services in that one push (plus the first, and the fixed passthrough clusters).
+    assert_eq!(names, first.resources.len() + 5, "the push did not carry the whole burst");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(600), stream.message()).await.is_err(),
+        "a second push followed the same burst"
+    );
+    let _ = cp.kill();
+    let _ = cp.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

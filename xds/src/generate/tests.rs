@@ -167,3 +167,17 @@ fn proxyless_grpc_clients_get_api_listeners_and_sidecars_do_not() {
     let rc = &grpc[ROUTE]["reviews.bookinfo.svc.cluster.local:9080"];
     assert_eq!(rc["virtualHosts"][0]["domains"][0], "reviews.bookinfo.svc.cluster.local:9080");
 }
+
+#[test]
+fn namespace_scoped_export_is_refused_rather_than_widened() {
+    let dir = std::env::temp_dir().join(format!("outrigger-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("se.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: s, namespace: a }\nspec: { hosts: [s.example.com], ports: [{ number: 80, name: http }], exportTo: [\".\"] }\n",
+    )
+    .unwrap();
+    let errors = load_dir(&dir).unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(errors[0].to_string().contains("spec.exportTo") && errors[0].to_string().contains("se.yaml"), "{errors:?}");
+}

@@ -147,8 +147,25 @@ fn typed<T: DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
     })
 }
 
+/// `exportTo` scoping is not implemented: only "everywhere" is accepted, never silently widened.
+fn export_to(m: &Metadata, kind: &str, export: &[String], errors: &mut Vec<LoadError>) {
+    if !export.iter().all(|e| e == "*") {
+        let res = format!("{kind} {}/{}", m.namespace, m.name);
+        errors.push(source_err(m, &res, "spec.exportTo: only [\"*\"] is supported".into()));
+    }
+}
+
 /// Cross-document checks: what one resource names must exist and be consistent.
 fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
+    for (m, se) in &reg.service_entries {
+        export_to(m, "ServiceEntry", &se.export_to, errors);
+    }
+    for (m, vs) in &reg.virtual_services {
+        export_to(m, "VirtualService", &vs.export_to, errors);
+    }
+    for (m, dr) in &reg.destination_rules {
+        export_to(m, "DestinationRule", &dr.export_to, errors);
+    }
     let mut seen = BTreeMap::new();
     for (m, se) in &reg.service_entries {
         let res = format!("ServiceEntry {}/{}", m.namespace, m.name);

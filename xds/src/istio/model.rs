@@ -23,22 +23,6 @@ fn default_ns() -> String {
     "default".into()
 }
 
-/// One document: its metadata and its typed spec.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Document {
-    pub metadata: Metadata,
-    pub spec: Spec,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Spec {
-    ServiceEntry(ServiceEntry),
-    WorkloadEntry(WorkloadEntry),
-    VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
-    Sidecar(Sidecar),
-}
-
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceEntry {

@@ -99,8 +99,14 @@ fn validate(dir: &std::path::Path) -> ExitCode {
 }
 
 fn serve(dir: PathBuf, bind: std::net::IpAddr, xds_port: u16, monitor_port: u16) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let reg = load_dir(&dir)
         .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        services = reg.service_entries.len(),
+        "configuration loaded"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let control = Control::new(reg);

@@ -2,7 +2,9 @@
 //!
 //! Families live for the whole process so that counters survive config reloads, as Envoy's do;
 //! compiled config objects hold cloned handles, so the data path never looks a metric up by name.
-use std::sync::{Mutex, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -21,14 +23,6 @@ pub struct Metrics {
     http_cx: Family<Labels, Counter>,
     http_cx_active: Family<Labels, Gauge>,
     http_rq_active: Family<Labels, Gauge>,
-    cluster_rq: Family<Labels, Counter>,
-    cluster_rq_xx: Family<Labels, Counter>,
-    cluster_cx: Family<Labels, Counter>,
-    cluster_cx_active: Family<Labels, Gauge>,
-    cluster_connect_fail: Family<Labels, Counter>,
-    cluster_connect_timeout: Family<Labels, Counter>,
-    cluster_rq_timeout: Family<Labels, Counter>,
-    cluster_none_healthy: Family<Labels, Counter>,
     tcp_cx: Family<Labels, Counter>,
     tcp_rx: Family<Labels, Counter>,
     tcp_tx: Family<Labels, Counter>,
@@ -54,14 +48,6 @@ impl Metrics {
             http_cx: Family::default(),
             http_cx_active: Family::default(),
             http_rq_active: Family::default(),
-            cluster_rq: Family::default(),
-            cluster_rq_xx: Family::default(),
-            cluster_cx: Family::default(),
-            cluster_cx_active: Family::default(),
-            cluster_connect_fail: Family::default(),
-            cluster_connect_timeout: Family::default(),
-            cluster_rq_timeout: Family::default(),
-            cluster_none_healthy: Family::default(),
             tcp_cx: Family::default(),
             tcp_rx: Family::default(),
             tcp_tx: Family::default(),
@@ -78,26 +64,6 @@ impl Metrics {
             r.register("envoy_http_downstream_cx", "HTTP connections", m.http_cx.clone());
             r.register("envoy_http_downstream_cx_active", "Active HTTP connections", m.http_cx_active.clone());
             r.register("envoy_http_downstream_rq_active", "Active HTTP requests", m.http_rq_active.clone());
-            r.register("envoy_cluster_upstream_rq", "Upstream requests", m.cluster_rq.clone());
-            r.register("envoy_cluster_upstream_rq_xx", "Upstream responses by class", m.cluster_rq_xx.clone());
-            r.register("envoy_cluster_upstream_cx", "Upstream connections opened", m.cluster_cx.clone());
-            r.register("envoy_cluster_upstream_cx_active", "Active upstream connections", m.cluster_cx_active.clone());
-            r.register(
-                "envoy_cluster_upstream_cx_connect_fail",
-                "Upstream connect failures",
-                m.cluster_connect_fail.clone(),
-            );
-            r.register(
-                "envoy_cluster_upstream_cx_connect_timeout",
-                "Upstream connect timeouts",
-                m.cluster_connect_timeout.clone(),
-            );
-            r.register("envoy_cluster_upstream_rq_timeout", "Upstream request timeouts", m.cluster_rq_timeout.clone());
-            r.register(
-                "envoy_cluster_upstream_cx_none_healthy",
-                "Requests with no healthy upstream",
-                m.cluster_none_healthy.clone(),
-            );
             r.register("envoy_tcp_downstream_cx", "TCP proxy connections", m.tcp_cx.clone());
             r.register("envoy_tcp_downstream_cx_rx_bytes", "Bytes received from downstream", m.tcp_rx.clone());
             r.register("envoy_tcp_downstream_cx_tx_bytes", "Bytes sent to downstream", m.tcp_tx.clone());
@@ -124,6 +90,13 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry.lock().unwrap());
+        // Cluster series are kept as plain atomics (there can be tens of thousands of clusters)
+        // and written here, in the same exposition format, before the end marker.
+        if out.ends_with("# EOF\n") {
+            out.truncate(out.len() - "# EOF\n".len());
+        }
+        render_clusters(&mut out);
+        out.push_str("# EOF\n");
         out
     }
 }
@@ -194,39 +167,120 @@ impl HttpStats {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct ClusterStats {
-    pub rq: Counter,
-    pub rq_xx: [Counter; 5],
-    pub cx: Counter,
-    pub cx_active: Gauge,
-    pub connect_fail: Counter,
-    pub connect_timeout: Counter,
-    pub rq_timeout: Counter,
-    pub none_healthy: Counter,
+/// A counter as one atomic.
+#[derive(Debug, Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
-impl ClusterStats {
-    pub fn new(cluster: &str) -> Self {
-        let m = metrics();
-        let k = "envoy_cluster_name";
-        let lb = l(k, cluster);
-        ClusterStats {
-            rq: m.cluster_rq.get_or_create(&lb).clone(),
-            rq_xx: classes(&m.cluster_rq_xx, k, cluster),
-            cx: m.cluster_cx.get_or_create(&lb).clone(),
-            cx_active: m.cluster_cx_active.get_or_create(&lb).clone(),
-            connect_fail: m.cluster_connect_fail.get_or_create(&lb).clone(),
-            connect_timeout: m.cluster_connect_timeout.get_or_create(&lb).clone(),
-            rq_timeout: m.cluster_rq_timeout.get_or_create(&lb).clone(),
-            none_healthy: m.cluster_none_healthy.get_or_create(&lb).clone(),
-        }
-    }
+/// A gauge as one atomic.
+#[derive(Debug, Default)]
+pub struct Level(AtomicI64);
 
+impl Level {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A cluster's counters: ~120 bytes of atomics, kept by name for the life of the process (as
+/// Envoy keeps stats across config updates) rather than as a dozen labelled registry series.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    pub rq: Count,
+    pub rq_xx: [Count; 5],
+    pub cx: Count,
+    pub cx_active: Level,
+    pub connect_fail: Count,
+    pub connect_timeout: Count,
+    pub rq_timeout: Count,
+    pub none_healthy: Count,
+}
+
+impl ClusterCounters {
     pub fn response(&self, status: u16) {
         if let Some(c) = self.rq_xx.get((status / 100).wrapping_sub(1) as usize) {
             c.inc();
         }
+    }
+}
+
+fn clusters() -> &'static Mutex<BTreeMap<String, Arc<ClusterCounters>>> {
+    static C: OnceLock<Mutex<BTreeMap<String, Arc<ClusterCounters>>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterStats(Arc<ClusterCounters>);
+
+impl std::ops::Deref for ClusterStats {
+    type Target = ClusterCounters;
+    fn deref(&self) -> &ClusterCounters {
+        &self.0
+    }
+}
+
+impl ClusterStats {
+    pub fn new(cluster: &str) -> Self {
+        let mut map = clusters().lock().unwrap_or_else(|e| e.into_inner());
+        ClusterStats(map.entry(cluster.to_string()).or_default().clone())
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// (name, help, read): one counter family of the cluster series.
+type CounterFamily = (&'static str, &'static str, fn(&ClusterCounters) -> u64);
+
+fn render_clusters(out: &mut String) {
+    use std::fmt::Write;
+    let map = clusters().lock().unwrap_or_else(|e| e.into_inner());
+    let counters: [CounterFamily; 7] = [
+        ("envoy_cluster_upstream_rq", "Upstream requests", |c| c.rq.get()),
+        ("envoy_cluster_upstream_cx", "Upstream connections opened", |c| c.cx.get()),
+        ("envoy_cluster_upstream_cx_connect_fail", "Upstream connect failures", |c| c.connect_fail.get()),
+        ("envoy_cluster_upstream_cx_connect_timeout", "Upstream connect timeouts", |c| c.connect_timeout.get()),
+        ("envoy_cluster_upstream_rq_timeout", "Upstream request timeouts", |c| c.rq_timeout.get()),
+        ("envoy_cluster_upstream_cx_none_healthy", "Requests with no healthy upstream", |c| c.none_healthy.get()),
+        ("envoy_cluster_upstream_rq_xx", "Upstream responses by class", |_| 0),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+        for (cluster, c) in map.iter() {
+            let label = escape_label(cluster);
+            if name == "envoy_cluster_upstream_rq_xx" {
+                for (i, v) in c.rq_xx.iter().enumerate() {
+                    let class = i + 1;
+                    let _ = writeln!(
+                        out,
+                        "{name}_total{{envoy_cluster_name=\"{label}\",envoy_response_code_class=\"{class}\"}} {}",
+                        v.get()
+                    );
+                }
+            } else {
+                let _ = writeln!(out, "{name}_total{{envoy_cluster_name=\"{label}\"}} {}", get(c));
+            }
+        }
+    }
+    let name = "envoy_cluster_upstream_cx_active";
+    let _ = writeln!(out, "# HELP {name} Active upstream connections.\n# TYPE {name} gauge");
+    for (cluster, c) in map.iter() {
+        let _ = writeln!(out, "{name}{{envoy_cluster_name=\"{}\"}} {}", escape_label(cluster), c.cx_active.get());
     }
 }
 
@@ -246,5 +300,27 @@ impl TcpStats {
             rx: m.tcp_rx.get_or_create(&lb).clone(),
             tx: m.tcp_tx.get_or_create(&lb).clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_series_are_rendered_with_escaped_labels_before_the_end_marker() {
+        let s = ClusterStats::new("a\"b");
+        s.rq.inc();
+        s.response(503);
+        s.cx_active.inc();
+        let text = metrics().render();
+        assert!(text.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"a\\\"b\"} 1"), "{text}");
+        assert!(text.contains(
+            "envoy_cluster_upstream_rq_xx_total{envoy_cluster_name=\"a\\\"b\",envoy_response_code_class=\"5\"} 1"
+        ));
+        assert!(text.contains("envoy_cluster_upstream_cx_active{envoy_cluster_name=\"a\\\"b\"} 1"));
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+        // The same name is the same counters (stats survive config updates).
+        assert_eq!(ClusterStats::new("a\"b").rq.get(), 1);
     }
 }

@@ -218,7 +218,9 @@ pub(super) fn regenerate_for(
             return Ok(r.clone());
         }
     }
-    let r = Arc::new(generate(&control.registry(), proxy, &control.pool)?);
+    let started = std::time::Instant::now();
+    let r = Arc::new(crate::generate::generate_with(&control.registry(), proxy, &control.pool, false)?);
+    tracing::debug!(proxy = %proxy.id, ms = started.elapsed().as_millis() as u64, "configuration generated");
     let mut cache = control.cache.lock().unwrap();
     if cache.0 == generation {
         cache.1.insert(key, r.clone());

@@ -200,13 +200,24 @@ fn control_plane_configures_sidecars_and_routes_captured_traffic() {
     let a = _a.clone();
     let passed = ns.enter(move || a.metric("envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"PassthroughCluster\"}"));
     assert_eq!(passed, 1.0);
-    let s = syncz(&ns);
-    let proxies = s["proxies"].as_array().expect("proxies in syncz");
-    assert_eq!(proxies.len(), 2, "{s}");
-    assert!(proxies.iter().any(|p| p["id"] == "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local"));
-    for p in proxies {
-        assert!(p["acked"].as_object().is_some_and(|a| a.len() == 4), "every type ACKed: {p}");
-        assert!(p["nacked"].as_object().is_some_and(|n| n.is_empty()), "{p}");
+    // Both sidecars connected and ACKed every type (an ACK follows the apply, so poll briefly).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = syncz(&ns);
+        let proxies = s["proxies"].as_array().cloned().unwrap_or_default();
+        let all_acked = proxies.len() == 2
+            && proxies.iter().all(|p| {
+                p["acked"].as_object().is_some_and(|a| a.len() == 4)
+                    && p["nacked"].as_object().is_some_and(|n| n.is_empty())
+            });
+        if all_acked {
+            assert!(proxies
+                .iter()
+                .any(|p| p["id"] == "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "sidecars did not ACK everything: {s}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 
     // Shift the weight by editing the file: traffic follows within a second, nothing fails.

@@ -23,14 +23,15 @@ async fn listeners_routes_clusters_and_endpoints_arrive_over_ads_and_serve_traff
     let p = Proxy::start(&dynamic_bootstrap(ads.addr));
     assert_eq!(backend_name(p.addr("dyn")).await.as_deref(), Some("blue"));
 
-    // Every type was ACKed: a request carrying the version it accepted and the nonce it answers.
-    let reqs = ads.requests();
+    // Every type is ACKed: a request carrying the version it accepted and the nonce it answers.
+    // (The ACK follows the apply, so it may still be on its way when traffic already flows.)
+    let acked = |t: &str| {
+        ads.requests().iter().any(|r| r.type_url == t && !r.response_nonce.is_empty() && r.error_detail.is_none())
+    };
     for t in [LISTENER, CLUSTER, ROUTE, ENDPOINT] {
-        assert!(
-            reqs.iter().any(|r| r.type_url == t && !r.response_nonce.is_empty() && r.error_detail.is_none()),
-            "no ACK for {t}"
-        );
+        eventually(&format!("an ACK for {t}"), WAIT, || acked(t).then_some(())).await;
     }
+    let reqs = ads.requests();
     // RDS and EDS subscribe to exactly the names the listener and clusters need.
     let rds = reqs.iter().rev().find(|r| r.type_url == ROUTE).unwrap();
     assert_eq!(rds.resource_names, vec!["r"]);

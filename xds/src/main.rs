@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use outrigger_xds::generate::{generate, ProxyInfo};
-use outrigger_xds::istio::load_dir;
+use outrigger_xds::istio::{load_dir, DirLoader};
 use outrigger_xds::server::{ads::Ads, monitor, watch, Control};
 
 #[derive(Parser)]
@@ -100,7 +100,9 @@ fn validate(dir: &std::path::Path) -> ExitCode {
 
 fn serve(dir: PathBuf, bind: std::net::IpAddr, xds_port: u16, monitor_port: u16) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let reg = load_dir(&dir)
+    let mut loader = DirLoader::default();
+    let reg = loader
+        .load(&dir)
         .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
     tracing::info!(
         ms = started.elapsed().as_millis() as u64,
@@ -118,7 +120,7 @@ fn serve(dir: PathBuf, bind: std::net::IpAddr, xds_port: u16, monitor_port: u16)
             .with_context(|| format!("xDS port {xds_port}"))?;
         tracing::info!(xds = %xds.local_addr()?, monitor = %monitor.local_addr()?, dir = %dir.display(), "serving");
         tokio::spawn(monitor::serve(monitor, control.clone()));
-        tokio::spawn(watch::run(dir, control.clone()));
+        tokio::spawn(watch::run(dir, control.clone(), loader));
         let incoming = futures_incoming(xds);
         tonic::transport::Server::builder()
             .add_service(

@@ -13,11 +13,14 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::Any;
 use futures_stream::Stream;
+use std::hash::Hasher;
 use tokio::sync::mpsc;
 
+use super::cache::{served_for, Res, Served};
 use super::{Control, ProxyStatus};
-use crate::generate::{generate, ProxyInfo, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::generate::{generate, ProxyInfo, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 mod futures_stream {
     pub use tokio_stream::Stream;
@@ -53,65 +56,82 @@ pub fn proxy_info(node: &Node) -> ProxyInfo {
     ProxyInfo { id: node.id.clone(), namespace, labels, instance_ip, proxyless }
 }
 
-pub(super) fn digest_one(a: &envoy_types::pb::google::protobuf::Any) -> String {
-    let mut h = 0xcbf29ce484222325u64;
-    for b in a.value.iter() {
-        h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+/// A version for a set of resources: a digest of their digests, in name order.
+fn version_of<'a>(resources: impl Iterator<Item = &'a Arc<Res>>) -> String {
+    let mut h = std::hash::DefaultHasher::new();
+    for r in resources {
+        h.write_u64(r.hash);
     }
-    format!("{h:016x}")
-}
-
-fn digest(by_name: &BTreeMap<String, envoy_types::pb::google::protobuf::Any>) -> String {
-    let mut h = 0xcbf29ce484222325u64;
-    for (n, a) in by_name {
-        for b in n.as_bytes().iter().chain(a.value.iter()) {
-            h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
-        }
-    }
-    format!("{h:016x}")
+    format!("{:016x}", h.finish())
 }
 
 /// Push order: clusters before their endpoints, listeners before their routes (Envoy's warming).
 pub(super) const ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
+/// One type's subscription on a state-of-the-world stream.
+#[derive(Default)]
+struct Sub {
+    /// Names subscribed; empty = wildcard.
+    names: Vec<String>,
+    /// The version last sent (or that the client said it has, on reconnect).
+    version: String,
+    /// Digest of every resource the client has been sent, by name.
+    sent: HashMap<String, u64>,
+}
+
 struct Stream1 {
     conn: u64,
     proxy: Option<ProxyInfo>,
-    /// type → (names subscribed, empty = all; version last sent)
-    subs: HashMap<String, (Vec<String>, String)>,
-    resources: Arc<Resources>,
+    subs: HashMap<String, Sub>,
+    resources: Arc<Served>,
     nonce: u64,
 }
 
 impl Stream1 {
+    /// The response `t` needs, if its content changed for this client. Listeners and clusters
+    /// are always the complete set (the protocol's rule for them); routes and endpoints carry
+    /// only what the client lacks, as the protocol allows for them (an endpoint change of one
+    /// service is one resource, not the whole registry).
     fn response(&mut self, t: &str) -> Option<DiscoveryResponse> {
-        let (names, sent) = self.subs.get(t)?;
+        let sub = self.subs.get_mut(t)?;
         let empty = BTreeMap::new();
-        let all = self.resources.get(t).unwrap_or(&empty);
+        let all = self.resources.get(t).map(|m| &**m).unwrap_or(&empty);
         // A wildcard LDS subscription (a sidecar) gets socket listeners; API listeners go only
         // to clients that name them (proxyless gRPC). Named subscriptions look their names up.
-        let selected: BTreeMap<String, envoy_types::pb::google::protobuf::Any> = if names.is_empty() {
-            all.iter()
-                .filter(|(n, _)| !(t == LISTENER && crate::generate::is_api_listener(n)))
-                .map(|(n, a)| (n.clone(), a.clone()))
-                .collect()
+        let selected: Vec<(&String, &Arc<Res>)> = if sub.names.is_empty() {
+            all.iter().filter(|(n, _)| !(t == LISTENER && crate::generate::is_api_listener(n))).collect()
         } else {
-            names.iter().filter_map(|n| all.get(n).map(|a| (n.clone(), a.clone()))).collect()
+            let mut v: Vec<_> = sub.names.iter().filter_map(|n| all.get_key_value(n)).collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v
         };
-        let version = digest(&selected);
-        if *sent == version {
+        let version = version_of(selected.iter().map(|(_, r)| *r));
+        if sub.version == version {
+            return None;
+        }
+        let full_state = t == LISTENER || t == CLUSTER || sub.sent.is_empty();
+        let resources: Vec<Any> = selected
+            .iter()
+            .filter(|(n, r)| full_state || sub.sent.get(*n) != Some(&r.hash))
+            .map(|(_, r)| r.any.clone())
+            .collect();
+        sub.version = version.clone();
+        for (n, r) in &selected {
+            if sub.sent.get(*n) != Some(&r.hash) {
+                sub.sent.insert((*n).clone(), r.hash);
+            }
+        }
+        if resources.is_empty() && !full_state {
             return None;
         }
         self.nonce += 1;
-        let resp = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: selected.into_values().collect(),
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources,
             type_url: t.to_string(),
             nonce: self.nonce.to_string(),
             ..Default::default()
-        };
-        self.subs.get_mut(t).unwrap().1 = version;
-        Some(resp)
+        })
     }
 }
 
@@ -152,12 +172,20 @@ impl AggregatedDiscoveryService for Ads {
                             }
                         }
                         record(&control, &s, &r);
-                        let entry = s.subs.entry(r.type_url.clone()).or_insert_with(|| (Vec::new(), String::new()));
-                        let names_changed = entry.0 != r.resource_names;
-                        entry.0 = r.resource_names.clone();
-                        // A new subscription, or a reconnect that holds an older version: (re)send.
-                        if names_changed || r.response_nonce.is_empty() {
-                            entry.1 = if r.response_nonce.is_empty() { r.version_info.clone() } else { String::new() };
+                        let entry = s.subs.entry(r.type_url.clone()).or_default();
+                        let names_changed = entry.names != r.resource_names;
+                        entry.names = r.resource_names.clone();
+                        if r.response_nonce.is_empty() {
+                            // A new stream: the client has what its version says (a reconnect
+                            // that is up to date gets nothing), and we know nothing it holds.
+                            entry.version = r.version_info.clone();
+                            entry.sent.clear();
+                            vec![r.type_url.clone()]
+                        } else if names_changed {
+                            // Names it no longer asks for are forgotten: asked again, resent.
+                            let names: std::collections::HashSet<&String> = entry.names.iter().collect();
+                            entry.sent.retain(|n, _| names.is_empty() || names.contains(n));
+                            entry.version.clear();
                             vec![r.type_url.clone()]
                         } else {
                             vec![]
@@ -200,37 +228,9 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
-/// The configuration for `proxy`, generated once per configuration generation for every proxy
-/// that looks the same to the generator (namespace, labels, address): a fleet of identical
-/// sidecars costs one generation, not one each.
-pub(super) fn regenerate_for(
-    control: &Control,
-    proxy: &ProxyInfo,
-) -> Result<Arc<Resources>, crate::generate::GenerateError> {
-    let generation = *control.generation.borrow();
-    let key = format!("{}|{:?}|{:?}", proxy.namespace, proxy.labels, proxy.instance_ip);
-    {
-        let mut cache = control.cache.lock().unwrap();
-        if cache.0 != generation {
-            *cache = (generation, HashMap::new());
-        }
-        if let Some(r) = cache.1.get(&key) {
-            return Ok(r.clone());
-        }
-    }
-    let started = std::time::Instant::now();
-    let r = Arc::new(crate::generate::generate_with(&control.registry(), proxy, &control.pool, false)?);
-    tracing::debug!(proxy = %proxy.id, ms = started.elapsed().as_millis() as u64, "configuration generated");
-    let mut cache = control.cache.lock().unwrap();
-    if cache.0 == generation {
-        cache.1.insert(key, r.clone());
-    }
-    Ok(r)
-}
-
-fn regenerate(control: &Control, s: &mut Stream1) -> Result<(), crate::generate::GenerateError> {
+fn regenerate(control: &Control, s: &mut Stream1) -> Result<(), String> {
     let Some(p) = &s.proxy else { return Ok(()) };
-    s.resources = regenerate_for(control, p)?;
+    s.resources = served_for(&control.cache, &control.pool, p)?;
     Ok(())
 }
 

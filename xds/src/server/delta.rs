@@ -9,9 +9,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Delt
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 
-use super::ads::{digest_one, proxy_info, regenerate_for, ORDER};
+use super::ads::{proxy_info, ORDER};
+use super::cache::{served_for, Served};
 use super::{Control, ProxyStatus};
-use crate::generate::{is_api_listener, ProxyInfo, Resources, LISTENER};
+use crate::generate::{is_api_listener, ProxyInfo, LISTENER};
 
 #[derive(Default)]
 struct Sub {
@@ -30,7 +31,7 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
         control.metrics.connected.inc();
         let mut gen = control.generation.subscribe();
         let mut proxy: Option<ProxyInfo> = None;
-        let mut resources: Arc<Resources> = Arc::default();
+        let mut resources: Arc<Served> = Arc::default();
         let mut subs: BTreeMap<String, Sub> = BTreeMap::new();
         let mut nonce = 0u64;
         loop {
@@ -47,7 +48,7 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
                             conn,
                             ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), info: info.clone(), ..Default::default() },
                         );
-                        match regenerate_for(&control, &info) {
+                        match served_for(&control.cache, &control.pool, &info) {
                             Ok(res) => resources = res,
                             Err(e) => tracing::error!(error = %e, "cannot generate configuration for a proxy"),
                         }
@@ -71,7 +72,7 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
                     if changed.is_err() { break }
                     let start = std::time::Instant::now();
                     let Some(p) = &proxy else { continue };
-                    match regenerate_for(&control, p) {
+                    match served_for(&control.cache, &control.pool, p) {
                         Ok(res) => resources = res,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot generate configuration for a proxy");
@@ -101,19 +102,19 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-fn diff(t: &str, sub: &mut Sub, resources: &Resources, nonce: &mut u64) -> Option<DeltaDiscoveryResponse> {
+fn diff(t: &str, sub: &mut Sub, resources: &Served, nonce: &mut u64) -> Option<DeltaDiscoveryResponse> {
     let empty = BTreeMap::new();
-    let all = resources.get(t).unwrap_or(&empty);
+    let all = resources.get(t).map(|m| &**m).unwrap_or(&empty);
     let in_scope = |n: &str| match sub.wildcard {
         true => !(t == LISTENER && is_api_listener(n)),
         false => sub.names.contains(n),
     };
     let mut out = Vec::new();
-    for (name, any) in all.iter().filter(|(n, _)| in_scope(n)) {
-        let v = digest_one(any);
+    for (name, r) in all.iter().filter(|(n, _)| in_scope(n)) {
+        let v = format!("{:016x}", r.hash);
         if sub.have.get(name) != Some(&v) {
             sub.have.insert(name.clone(), v.clone());
-            out.push(Resource { name: name.clone(), version: v, resource: Some(any.clone()), ..Default::default() });
+            out.push(Resource { name: name.clone(), version: v, resource: Some(r.any.clone()), ..Default::default() });
         }
     }
     let removed: Vec<String> = sub.have.keys().filter(|n| !all.contains_key(*n) || !in_scope(n)).cloned().collect();

@@ -1,5 +1,6 @@
 //! Serving: the ADS endpoint, the directory watcher, and the monitoring endpoints.
 pub mod ads;
+pub mod cache;
 pub mod delta;
 pub mod monitor;
 pub mod watch;
@@ -13,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch as tokio_watch;
 
+use crate::istio::diff::Change;
 use crate::istio::{LoadError, Registry};
 
 /// What one connected proxy has been sent and has said back.
@@ -41,8 +43,9 @@ pub struct Metrics {
 
 /// Shared by the watcher, every ADS stream and the monitor.
 pub struct Control {
-    pub registry: Mutex<Arc<Registry>>,
-    /// Bumped on every accepted configuration change; streams regenerate when it moves.
+    /// The registry in force and the configurations generated from it.
+    pub cache: Mutex<cache::Cache>,
+    /// Follows the cache's generation; streams look at the cache again when it moves.
     pub generation: tokio_watch::Sender<u64>,
     pub errors: Mutex<Vec<LoadError>>,
     pub proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
@@ -50,8 +53,6 @@ pub struct Control {
     pub metrics: Metrics,
     pub registry_metrics: Mutex<prometheus_client::registry::Registry>,
     pub pool: prost_reflect::DescriptorPool,
-    /// Generated configurations of the current generation, by what the generator looks at.
-    pub cache: Mutex<(u64, std::collections::HashMap<String, Arc<crate::generate::Resources>>)>,
 }
 
 impl Control {
@@ -74,7 +75,7 @@ impl Control {
             metrics.config_errors.clone(),
         );
         Arc::new(Control {
-            registry: Mutex::new(Arc::new(reg)),
+            cache: Mutex::new(cache::Cache::new(reg)),
             generation: tokio_watch::channel(1).0,
             errors: Mutex::new(Vec::new()),
             proxies: Mutex::new(BTreeMap::new()),
@@ -82,20 +83,45 @@ impl Control {
             metrics,
             registry_metrics: Mutex::new(r),
             pool: outrigger_proxy::translate::descriptor_pool(),
-            cache: Mutex::new((0, Default::default())),
         })
     }
 
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry.lock().unwrap().clone()
+        self.cache.lock().unwrap().registry.clone()
     }
 
-    /// Installs a new registry (from the watcher) and tells every stream to push.
+    /// Installs a new registry (from the watcher) and tells every stream to push what changed
+    /// for it. An endpoint-only change regenerates only the affected ClusterLoadAssignments.
     pub fn update(&self, reg: Registry) {
-        *self.registry.lock().unwrap() = Arc::new(reg);
         self.errors.lock().unwrap().clear();
         self.metrics.config_errors.set(0);
-        self.generation.send_modify(|g| *g += 1);
+        let old = self.registry();
+        let change = crate::istio::diff::classify(&old, &reg);
+        let generation = {
+            match change {
+                Change::Unchanged => return,
+                Change::Endpoints(services) => match cache::load_assignments(&reg, &services, &self.pool) {
+                    Ok(cla) => {
+                        tracing::info!(services = services.len(), assignments = cla.len(), "endpoint-only change");
+                        let mut c = self.cache.lock().unwrap();
+                        c.patch_endpoints(reg, &cla);
+                        c.generation
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "endpoint-only change; regenerating everything");
+                        let mut c = self.cache.lock().unwrap();
+                        c.replace(reg);
+                        c.generation
+                    }
+                },
+                Change::Full => {
+                    let mut c = self.cache.lock().unwrap();
+                    c.replace(reg);
+                    c.generation
+                }
+            }
+        };
+        self.generation.send_replace(generation);
     }
 
     /// Records a proxy's ACK (`error` None) or NACK of `type_url` for `/debug/syncz` and metrics.

@@ -96,6 +96,8 @@ fn main() {
     let (xds_port, monitor_port) = (free_port(), free_port());
 
     // 1. Control plane start → a real sidecar ACKs everything and is ready.
+    // The control plane's own timings (load, generation, reload) go to a log next to the report.
+    let cp_log = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xds-scale-cp.log");
     let t0 = Instant::now();
     let cp = Killed(
         Command::new(release_bin("outrigger-xds"))
@@ -109,8 +111,9 @@ fn main() {
                 "--bind",
                 "127.0.0.1",
             ])
+            .env("RUST_LOG", "info,outrigger_xds=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&cp_log).map(Stdio::from).unwrap_or(Stdio::null()))
             .spawn()
             .unwrap(),
     );

@@ -95,32 +95,33 @@ impl Control {
     pub fn update(&self, reg: Registry) {
         self.errors.lock().unwrap().clear();
         self.metrics.config_errors.set(0);
+        let started = std::time::Instant::now();
         let old = self.registry();
         let change = crate::istio::diff::classify(&old, &reg);
-        let generation = {
-            match change {
-                Change::Unchanged => return,
-                Change::Endpoints(services) => match cache::load_assignments(&reg, &services, &self.pool) {
-                    Ok(cla) => {
-                        tracing::info!(services = services.len(), assignments = cla.len(), "endpoint-only change");
-                        let mut c = self.cache.lock().unwrap();
-                        c.patch_endpoints(reg, &cla);
-                        c.generation
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "endpoint-only change; regenerating everything");
-                        let mut c = self.cache.lock().unwrap();
-                        c.replace(reg);
-                        c.generation
-                    }
-                },
-                Change::Full => {
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "change classified");
+        let generation = match change {
+            Change::Unchanged => return,
+            Change::Endpoints(services) => match cache::load_assignments(&reg, &services, &self.pool) {
+                Ok(cla) => {
+                    tracing::info!(services = services.len(), assignments = cla.len(), "endpoint-only change");
+                    let mut c = self.cache.lock().unwrap();
+                    c.patch_endpoints(reg, &cla);
+                    c.generation
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "endpoint-only change; regenerating everything");
                     let mut c = self.cache.lock().unwrap();
                     c.replace(reg);
                     c.generation
                 }
+            },
+            Change::Full => {
+                let mut c = self.cache.lock().unwrap();
+                c.replace(reg);
+                c.generation
             }
         };
+        tracing::debug!(us = started.elapsed().as_micros() as u64, "cache updated");
         self.generation.send_replace(generation);
     }
 

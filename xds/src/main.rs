@@ -99,25 +99,27 @@ fn validate(dir: &std::path::Path) -> ExitCode {
 }
 
 fn serve(dir: PathBuf, bind: std::net::IpAddr, xds_port: u16, monitor_port: u16) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let mut loader = DirLoader::default();
-    let reg = loader
-        .load(&dir)
-        .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
-    tracing::info!(
-        ms = started.elapsed().as_millis() as u64,
-        services = reg.service_entries.len(),
-        "configuration loaded"
-    );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let control = Control::new(reg);
+        // Bound before the directory is read: proxies that start alongside the control plane
+        // connect at once and wait in the backlog instead of being refused into their backoff.
         let monitor = tokio::net::TcpListener::bind(SocketAddr::new(bind, monitor_port))
             .await
             .with_context(|| format!("monitor port {monitor_port}"))?;
         let xds = tokio::net::TcpListener::bind(SocketAddr::new(bind, xds_port))
             .await
             .with_context(|| format!("xDS port {xds_port}"))?;
+        let started = std::time::Instant::now();
+        let mut loader = DirLoader::default();
+        let reg = loader
+            .load(&dir)
+            .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            services = reg.service_entries.len(),
+            "configuration loaded"
+        );
+        let control = Control::new(reg);
         tracing::info!(xds = %xds.local_addr()?, monitor = %monitor.local_addr()?, dir = %dir.display(), "serving");
         tokio::spawn(monitor::serve(monitor, control.clone()));
         tokio::spawn(watch::run(dir, control.clone(), loader));

@@ -19,7 +19,9 @@ struct Sub {
     wildcard: bool,
     names: HashSet<String>,
     /// name → version the client has.
-    have: HashMap<String, String>,
+    /// name → digest of the version the client has (versions are our digests in hex; anything
+    /// else a client claims reads as 0, which no resource has, so it is resent).
+    have: HashMap<String, u64>,
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Send>>;
@@ -59,7 +61,11 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
                     let sub = subs.entry(r.type_url.clone()).or_default();
                     if first {
                         sub.wildcard = r.resource_names_subscribe.is_empty() || r.resource_names_subscribe.iter().any(|n| n == "*");
-                        sub.have = r.initial_resource_versions.clone();
+                        sub.have = r
+                            .initial_resource_versions
+                            .iter()
+                            .map(|(n, v)| (n.clone(), u64::from_str_radix(v, 16).unwrap_or(0)))
+                            .collect();
                     }
                     sub.names.extend(r.resource_names_subscribe.iter().filter(|n| *n != "*").cloned());
                     for n in &r.resource_names_unsubscribe {
@@ -111,10 +117,10 @@ fn diff(t: &str, sub: &mut Sub, resources: &Served, nonce: &mut u64) -> Option<D
     };
     let mut out = Vec::new();
     for (name, r) in all.iter().filter(|(n, _)| in_scope(n)) {
-        let v = format!("{:016x}", r.hash);
-        if sub.have.get(name) != Some(&v) {
-            sub.have.insert(name.clone(), v.clone());
-            out.push(Resource { name: name.clone(), version: v, resource: Some(r.any.clone()), ..Default::default() });
+        if sub.have.get(name) != Some(&r.hash) {
+            sub.have.insert(name.clone(), r.hash);
+            let version = format!("{:016x}", r.hash);
+            out.push(Resource { name: name.clone(), version, resource: Some(r.any.clone()), ..Default::default() });
         }
     }
     let removed: Vec<String> = sub.have.keys().filter(|n| !all.contains_key(*n) || !in_scope(n)).cloned().collect();

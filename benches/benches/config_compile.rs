@@ -10,6 +10,13 @@
 //!
 //! `route_config_compile_10k_routes`: `translate_route_config` of a `RouteConfiguration` with
 //! 10,000 prefix/exact routes — what an RDS update of that size costs before it is swapped in.
+//!
+//! `xds_generate_10k_services`: the control plane's side, through outrigger-xds's public API, for
+//! the registry of the `xds_scale` bench (10,000 ServiceEntries `svc-i.scale.svc.cluster.local`,
+//! one HTTP port 8080, STATIC, 3 endpoints each):
+//! * `generate_with` — one proxy class's whole configuration as the server generates it (no
+//!   acceptance check): 10,003 clusters, 10,000 CLAs, one RouteConfiguration, two listeners;
+//! * `load_assignments` — one ServiceEntry's CLAs, what an endpoint change re-sends.
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::Duration;
@@ -20,9 +27,13 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteMatch, VirtualHost,
 };
 use outrigger_proxy::translate::{parse_bootstrap, translate_bootstrap, translate_route_config};
+use outrigger_xds::generate::{generate_with, load_assignments, ProxyInfo, CLUSTER, ENDPOINT};
+use outrigger_xds::istio::model::{Metadata, Port, Resolution, ServiceEntry, WorkloadEntry};
+use outrigger_xds::istio::Registry;
 
 const CLUSTERS: usize = 10_000;
 const ROUTES: usize = 10_000;
+const SERVICES: usize = 10_000;
 
 fn bootstrap_yaml(clusters: usize) -> String {
     let mut y = String::with_capacity(clusters * 400 + 2048);
@@ -113,6 +124,26 @@ fn route_config(routes: usize) -> RouteConfiguration {
     }
 }
 
+/// The `xds_scale` bench's registry, built in memory.
+fn scale_registry(services: usize) -> Registry {
+    let mut reg = Registry::default();
+    for i in 0..services {
+        let (a, b) = (i / 250, i % 250);
+        let meta = Metadata { name: format!("svc-{i}"), namespace: "scale".into(), ..Default::default() };
+        let se = ServiceEntry {
+            hosts: vec![format!("svc-{i}.scale.svc.cluster.local")],
+            ports: vec![Port { number: 8080, protocol: "HTTP".into(), name: "http".into(), target_port: None }],
+            resolution: Resolution::Static,
+            endpoints: (1..=3)
+                .map(|o| WorkloadEntry { address: format!("10.{a}.{b}.{o}"), ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        reg.service_entries.push((meta, se));
+    }
+    reg
+}
+
 fn config_compile(c: &mut Criterion) {
     let text = bootstrap_yaml(CLUSTERS);
     // Check once, outside the timing, that the config is accepted and complete.
@@ -136,6 +167,27 @@ fn config_compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_config_compile_10k_routes");
     group.sampling_mode(SamplingMode::Flat).sample_size(10).measurement_time(Duration::from_secs(3));
     group.bench_function("translate_route_config", |b| b.iter(|| translate_route_config(black_box(&rc)).unwrap()));
+    group.finish();
+
+    let reg = scale_registry(SERVICES);
+    let pool = outrigger_proxy::translate::descriptor_pool();
+    let proxy = ProxyInfo {
+        id: "sidecar~10.0.0.1~bench.scale~scale.svc.cluster.local".into(),
+        namespace: "scale".into(),
+        ..Default::default()
+    };
+    let full = generate_with(&reg, &proxy, &pool, false).expect("configuration generates");
+    assert_eq!(full[CLUSTER].len(), SERVICES + 3);
+    assert_eq!(full[ENDPOINT].len(), SERVICES);
+    drop(full);
+    let (meta, se) = &reg.service_entries[SERVICES / 2];
+    assert_eq!(load_assignments(&reg, meta, se).len(), 1);
+    let mut group = c.benchmark_group("xds_generate_10k_services");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).measurement_time(Duration::from_secs(3));
+    group.bench_function("generate_with", |b| {
+        b.iter(|| generate_with(black_box(&reg), black_box(&proxy), &pool, false).unwrap())
+    });
+    group.bench_function("load_assignments", |b| b.iter(|| load_assignments(black_box(&reg), meta, se)));
     group.finish();
 }
 

@@ -1,149 +1,239 @@
 //! Clusters and their endpoints: `outbound|PORT||HOST` and one per DestinationRule subset.
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, Locality};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::google::protobuf::Any;
 
-use super::{cluster_name, visible, ProxyInfo};
-use crate::istio::model::{OutboundMode, Resolution, ServiceEntry, SimpleLb, WorkloadEntry};
+use super::{ads, cluster_name, seconds, socket, to_any, u32_value, Index, ProxyInfo, CLUSTER, ENDPOINT};
+use crate::istio::model::{
+    DestinationRule, Metadata, OutboundMode, Port, Resolution, ServiceEntry, SimpleLb, WorkloadEntry,
+};
 use crate::istio::Registry;
 
-/// The endpoints of a ServiceEntry: its own `endpoints`, or the WorkloadEntries it selects.
-fn endpoints<'a>(reg: &'a Registry, ns: &str, se: &'a ServiceEntry) -> Vec<&'a WorkloadEntry> {
-    match &se.workload_selector {
-        Some(sel) => reg
-            .workload_entries
-            .iter()
-            .filter(|(m, we)| m.namespace == ns && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
-            .map(|(_, we)| we)
-            .collect(),
-        None => se.endpoints.iter().collect(),
-    }
-}
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-fn lb_policy(lb: Option<SimpleLb>) -> &'static str {
+fn lb_policy(lb: Option<SimpleLb>) -> LbPolicy {
     match lb {
-        Some(SimpleLb::LeastRequest) | Some(SimpleLb::LeastConn) => "LEAST_REQUEST",
-        Some(SimpleLb::Random) => "RANDOM",
-        _ => "ROUND_ROBIN",
+        Some(SimpleLb::LeastRequest) | Some(SimpleLb::LeastConn) => LbPolicy::LeastRequest,
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        _ => LbPolicy::RoundRobin,
     }
 }
 
-fn lb_endpoints(eps: &[&WorkloadEntry], port_name: &str, port: u16) -> Vec<Value> {
+fn endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: socket(address, port),
+            ..Default::default()
+        })),
+        load_balancing_weight: weight.and_then(u32_value),
+        ..Default::default()
+    }
+}
+
+fn lb_endpoints(eps: &[&WorkloadEntry], port_name: &str, port: u16) -> Vec<LbEndpoint> {
     eps.iter()
         .map(|we| {
             let p = we.ports.get(port_name).copied().unwrap_or(port);
-            json!({
-                "endpoint": {"address": {"socket_address": {"address": we.address, "port_value": p}}},
-                "load_balancing_weight": we.weight.unwrap_or(1).max(1),
-            })
+            endpoint(&we.address, p.into(), Some(we.weight.unwrap_or(1).max(1)))
         })
         .collect()
 }
 
+/// One `outbound|PORT|SUBSET|HOST` cluster of a ServiceEntry host.
+struct HostCluster<'a> {
+    name: String,
+    port: &'a Port,
+    subset: &'a str,
+    lb: Option<SimpleLb>,
+    /// The ServiceEntry's endpoints that the subset selects (all of them for no subset).
+    selected: Vec<&'a WorkloadEntry>,
+}
+
+impl HostCluster<'_> {
+    fn target_port(&self) -> u16 {
+        self.port.target_port.unwrap_or(self.port.number)
+    }
+
+    /// The EDS ClusterLoadAssignment. A locality (even empty) and its weight: proxyless gRPC
+    /// requires both.
+    fn load_assignment(&self) -> ClusterLoadAssignment {
+        ClusterLoadAssignment {
+            cluster_name: self.name.clone(),
+            endpoints: vec![LocalityLbEndpoints {
+                locality: Some(Locality::default()),
+                lb_endpoints: lb_endpoints(&self.selected, &self.port.name, self.target_port()),
+                load_balancing_weight: u32_value(1),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+}
+
+/// Every cluster that `host` of `se` yields, port by port, the service-wide one then one per
+/// DestinationRule subset. The one place both [`clusters`] and [`load_assignments`] get them.
+fn host_clusters<'a>(
+    se: &'a ServiceEntry,
+    host: &str,
+    dr: Option<&'a DestinationRule>,
+    eps: &[&'a WorkloadEntry],
+) -> Vec<HostCluster<'a>> {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    let base_lb = dr.and_then(|d| d.traffic_policy.as_ref()?.load_balancer.as_ref()?.simple);
+    let mut subsets: Vec<(&str, &BTreeMap<String, String>, Option<SimpleLb>)> = vec![("", &NO_LABELS, base_lb)];
+    if let Some(d) = dr {
+        for s in &d.subsets {
+            let lb = s.traffic_policy.as_ref().and_then(|t| t.load_balancer.as_ref()?.simple).or(base_lb);
+            subsets.push((&s.name, &s.labels, lb));
+        }
+    }
+    let mut out = Vec::with_capacity(se.ports.len() * subsets.len());
+    for port in &se.ports {
+        for &(subset, labels, lb) in &subsets {
+            let selected =
+                eps.iter().copied().filter(|we| labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))).collect();
+            out.push(HostCluster { name: cluster_name(port.number, subset, host), port, subset, lb, selected });
+        }
+    }
+    out
+}
+
+fn is_dns(se: &ServiceEntry) -> bool {
+    matches!(se.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+}
+
+/// The ClusterLoadAssignments of one ServiceEntry (every host × port × subset it yields with
+/// EDS resolution), by cluster name, exactly as `generate` would produce them.
+pub fn load_assignments(reg: &Registry, meta: &Metadata, se: &ServiceEntry) -> Vec<(String, Any)> {
+    if is_dns(se) {
+        return Vec::new();
+    }
+    let eps = super::endpoints_scan(reg, &meta.namespace, se);
+    let mut out = Vec::new();
+    for host in &se.hosts {
+        for c in host_clusters(se, host, super::destination_rule_scan(reg, host), &eps) {
+            out.push((c.name.clone(), to_any(ENDPOINT, &c.load_assignment())));
+        }
+    }
+    out
+}
+
+fn discovery(t: DiscoveryType) -> Option<ClusterDiscoveryType> {
+    Some(ClusterDiscoveryType::Type(t as i32))
+}
+
 /// Returns (clusters, cluster load assignments) by name.
-pub fn clusters(
-    reg: &Registry,
-    proxy: &ProxyInfo,
-    mode: OutboundMode,
-) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, BTreeMap<String, Any>) {
+    let reg = idx.reg;
     let mut clusters = BTreeMap::new();
     let mut cla = BTreeMap::new();
     for (meta, se) in &reg.service_entries {
-        let eps = endpoints(reg, &meta.namespace, se);
-        for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
-            let dr = reg.destination_rules.iter().find(|(m, d)| super::fqdn(&d.host, &m.namespace) == *host);
-            let base_lb = dr.and_then(|(_, d)| d.traffic_policy.as_ref()?.load_balancer.as_ref()?.simple);
-            let mut subsets: Vec<(String, BTreeMap<String, String>, Option<SimpleLb>)> =
-                vec![(String::new(), BTreeMap::new(), base_lb)];
-            if let Some((_, d)) = dr {
-                for s in &d.subsets {
-                    let lb = s.traffic_policy.as_ref().and_then(|t| t.load_balancer.as_ref()?.simple).or(base_lb);
-                    subsets.push((s.name.clone(), s.labels.clone(), lb));
+        let eps = idx.endpoints(&meta.namespace, se);
+        for host in se.hosts.iter().filter(|h| idx.visible(meta, h)) {
+            for hc in host_clusters(se, host, idx.destination_rule(host), &eps) {
+                let port = hc.port;
+                let mut c = Cluster {
+                    name: hc.name.clone(),
+                    connect_timeout: seconds(10),
+                    lb_policy: lb_policy(hc.lb) as i32,
+                    ..Default::default()
+                };
+                if port.is_http() && port.protocol.eq_ignore_ascii_case("http2")
+                    || port.protocol.eq_ignore_ascii_case("grpc")
+                {
+                    let h2 = HttpProtocolOptions {
+                        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                            ExplicitHttpConfig {
+                                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                    Http2ProtocolOptions::default(),
+                                )),
+                            },
+                        )),
+                        ..Default::default()
+                    };
+                    c.typed_extension_protocol_options.insert(
+                        HTTP_PROTOCOL_OPTIONS.to_string(),
+                        to_any(&format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"), &h2),
+                    );
                 }
-            }
-            for port in &se.ports {
-                for (subset, labels, lb) in &subsets {
-                    let name = cluster_name(port.number, subset, host);
-                    let selected: Vec<&WorkloadEntry> = eps
-                        .iter()
-                        .copied()
-                        .filter(|we| labels.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
-                        .collect();
-                    let mut c = json!({
-                        "name": name,
-                        "connect_timeout": "10s",
-                        "lb_policy": lb_policy(*lb),
+                if is_dns(se) {
+                    // DNS: the proxy resolves; without endpoints, the host itself.
+                    let targets = if hc.selected.is_empty() && hc.subset.is_empty() {
+                        vec![endpoint(host, hc.target_port().into(), None)]
+                    } else {
+                        lb_endpoints(&hc.selected, &port.name, hc.target_port())
+                    };
+                    c.cluster_discovery_type = discovery(DiscoveryType::StrictDns);
+                    c.load_assignment = Some(ClusterLoadAssignment {
+                        cluster_name: hc.name.clone(),
+                        endpoints: vec![LocalityLbEndpoints { lb_endpoints: targets, ..Default::default() }],
+                        ..Default::default()
                     });
-                    if port.is_http() && port.protocol.eq_ignore_ascii_case("http2")
-                        || port.protocol.eq_ignore_ascii_case("grpc")
-                    {
-                        c["typed_extension_protocol_options"] = json!({
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                                "explicit_http_config": {"http2_protocol_options": {}},
-                            }
-                        });
-                    }
-                    match se.resolution {
-                        Resolution::Dns | Resolution::DnsRoundRobin => {
-                            // DNS: the proxy resolves; without endpoints, the host itself.
-                            let targets: Vec<Value> = if selected.is_empty() && subset.is_empty() {
-                                vec![
-                                    json!({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port.target_port.unwrap_or(port.number)}}}}),
-                                ]
-                            } else {
-                                lb_endpoints(&selected, &port.name, port.target_port.unwrap_or(port.number))
-                            };
-                            c["type"] = json!("STRICT_DNS");
-                            c["load_assignment"] =
-                                json!({"cluster_name": name, "endpoints": [{"lb_endpoints": targets}]});
-                        }
-                        _ => {
-                            c["type"] = json!("EDS");
-                            c["eds_cluster_config"] =
-                                json!({"eds_config": {"ads": {}, "resource_api_version": "V3"}, "service_name": name});
-                            let lbe = lb_endpoints(&selected, &port.name, port.target_port.unwrap_or(port.number));
-                            // A locality (even empty) and its weight: proxyless gRPC requires both.
-                            cla.insert(
-                                name.clone(),
-                                json!({"cluster_name": name, "endpoints": [{"locality": {}, "lb_endpoints": lbe, "load_balancing_weight": 1}]}),
-                            );
-                        }
-                    }
-                    clusters.insert(name, c);
+                } else {
+                    c.cluster_discovery_type = discovery(DiscoveryType::Eds);
+                    c.eds_cluster_config = Some(EdsClusterConfig { eds_config: ads(), service_name: hc.name.clone() });
+                    cla.insert(hc.name.clone(), to_any(ENDPOINT, &hc.load_assignment()));
                 }
+                clusters.insert(hc.name, to_any(CLUSTER, &c));
             }
         }
     }
     // Where traffic goes that matches no service: to where it was going (ALLOW_ANY, the
     // original destination) or nowhere (REGISTRY_ONLY). Inbound passthrough is always there.
-    clusters.insert(
-        "BlackHoleCluster".into(),
-        json!({"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"}),
-    );
-    let passthrough = |name: &str| json!({"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s"});
+    let black_hole = Cluster {
+        name: "BlackHoleCluster".into(),
+        cluster_discovery_type: discovery(DiscoveryType::Static),
+        connect_timeout: seconds(10),
+        ..Default::default()
+    };
+    clusters.insert(black_hole.name.clone(), to_any(CLUSTER, &black_hole));
+    let passthrough = |name: &str| {
+        let c = Cluster {
+            name: name.to_string(),
+            cluster_discovery_type: discovery(DiscoveryType::OriginalDst),
+            lb_policy: LbPolicy::ClusterProvided as i32,
+            connect_timeout: seconds(10),
+            ..Default::default()
+        };
+        (c.name.clone(), to_any(CLUSTER, &c))
+    };
     if mode == OutboundMode::AllowAny {
-        clusters.insert("PassthroughCluster".into(), passthrough("PassthroughCluster"));
+        clusters.extend([passthrough("PassthroughCluster")]);
     }
-    clusters.insert("InboundPassthroughCluster".into(), passthrough("InboundPassthroughCluster"));
+    clusters.extend([passthrough("InboundPassthroughCluster")]);
     // Inbound: the proxy's own workload, on loopback.
-    for (meta, se) in &reg.service_entries {
-        let mine = endpoints(reg, &meta.namespace, se).iter().any(|we| proxy_owns(proxy, we));
-        if !mine || meta.namespace != proxy.namespace {
-            continue;
-        }
+    for (_, se) in idx.owned() {
         for port in &se.ports {
             let target = port.target_port.unwrap_or(port.number);
             let name = format!("inbound|{target}||");
             clusters.entry(name.clone()).or_insert_with(|| {
-                json!({
-                    "name": name,
-                    "type": "STATIC",
-                    "connect_timeout": "10s",
-                    "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": target}}}}
-                    ]}]},
-                })
+                let c = Cluster {
+                    cluster_discovery_type: discovery(DiscoveryType::Static),
+                    connect_timeout: seconds(10),
+                    load_assignment: Some(ClusterLoadAssignment {
+                        cluster_name: name.clone(),
+                        endpoints: vec![LocalityLbEndpoints {
+                            lb_endpoints: vec![endpoint("127.0.0.1", target.into(), None)],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    name,
+                    ..Default::default()
+                };
+                to_any(CLUSTER, &c)
             });
         }
     }

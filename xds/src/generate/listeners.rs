@@ -3,130 +3,179 @@
 //! pod has its own, and tests run several proxies on one host), otherwise 0.0.0.0.
 use std::collections::BTreeMap;
 
-use serde_json::{json, Value};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, ApiListener, Filter, FilterChain, FilterChainMatch, Listener,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::google::protobuf::Any;
 
-use super::clusters::proxy_owns;
-use super::{cluster_name, visible, ProxyInfo};
+use super::{ads, bool_value, cluster_name, pb_duration, socket, to_any, u32_value, Index, LISTENER};
 use crate::istio::model::OutboundMode;
-use crate::istio::Registry;
 
 const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 
-fn http_filters() -> Value {
-    json!([{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}])
+fn http_filters() -> Vec<HttpFilter> {
+    vec![HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(ROUTER, &Router::default()))),
+        ..Default::default()
+    }]
 }
 
-fn tcp_chain(stat_prefix: &str, cluster: &str) -> Value {
-    json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {"@type": TCP, "stat_prefix": stat_prefix, "cluster": cluster}})
+fn network_filter(name: &str, typed_config: Any) -> Filter {
+    Filter { name: name.into(), config_type: Some(filter::ConfigType::TypedConfig(typed_config)) }
 }
 
-pub fn listeners(reg: &Registry, proxy: &ProxyInfo, mode: OutboundMode) -> BTreeMap<String, Value> {
-    let ip = proxy.instance_ip.clone().unwrap_or_else(|| "0.0.0.0".into());
-    let mut outbound: BTreeMap<u16, Value> = BTreeMap::new();
+fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
+    network_filter("envoy.filters.network.http_connection_manager", to_any(HCM, hcm))
+}
+
+fn rds(route_config_name: String) -> Option<RouteSpecifier> {
+    Some(RouteSpecifier::Rds(Rds { config_source: ads(), route_config_name }))
+}
+
+fn tcp_chain(stat_prefix: &str, cluster: &str) -> Filter {
+    let tcp = TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
+    };
+    network_filter("envoy.filters.network.tcp_proxy", to_any(TCP, &tcp))
+}
+
+fn port_chain(port: u16, filter: Filter) -> FilterChain {
+    FilterChain {
+        name: format!("0.0.0.0_{port}"),
+        filter_chain_match: Some(FilterChainMatch { destination_port: u32_value(port.into()), ..Default::default() }),
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+pub fn listeners(idx: &Index<'_>, mode: OutboundMode) -> BTreeMap<String, Any> {
+    let (reg, proxy) = (idx.reg, idx.proxy);
+    let ip = proxy.instance_ip.as_deref().unwrap_or("0.0.0.0");
+    let mut outbound: BTreeMap<u16, FilterChain> = BTreeMap::new();
     for (meta, se) in &reg.service_entries {
-        for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
+        for host in se.hosts.iter().filter(|h| idx.visible(meta, h)) {
             for port in &se.ports {
                 outbound.entry(port.number).or_insert_with(|| {
                     let filter = if port.is_http() {
-                        json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                            "@type": HCM,
-                            "stat_prefix": format!("outbound_0.0.0.0_{}", port.number),
-                            "rds": {"route_config_name": port.number.to_string(), "config_source": {"ads": {}, "resource_api_version": "V3"}},
-                            "http_filters": http_filters(),
-                            "use_remote_address": false,
-                        }})
+                        hcm_filter(&HttpConnectionManager {
+                            stat_prefix: format!("outbound_0.0.0.0_{}", port.number),
+                            route_specifier: rds(port.number.to_string()),
+                            http_filters: http_filters(),
+                            use_remote_address: bool_value(false),
+                            ..Default::default()
+                        })
                     } else {
                         tcp_chain(&format!("outbound|{}||{host}", port.number), &cluster_name(port.number, "", host))
                     };
-                    json!({"name": format!("0.0.0.0_{}", port.number), "filter_chain_match": {"destination_port": port.number}, "filters": [filter]})
+                    port_chain(port.number, filter)
                 });
             }
         }
     }
-    let mut inbound: BTreeMap<u16, Value> = BTreeMap::new();
-    for (meta, se) in &reg.service_entries {
-        if meta.namespace != proxy.namespace {
-            continue;
-        }
-        let owned = match &se.workload_selector {
-            Some(sel) => reg.workload_entries.iter().any(|(m, we)| {
-                m.namespace == meta.namespace
-                    && sel.labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))
-                    && proxy_owns(proxy, we)
-            }),
-            None => se.endpoints.iter().any(|we| proxy_owns(proxy, we)),
-        };
-        if !owned {
-            continue;
-        }
+    let mut inbound: BTreeMap<u16, FilterChain> = BTreeMap::new();
+    for (_, se) in idx.owned() {
         for port in &se.ports {
             let target = port.target_port.unwrap_or(port.number);
             let cluster = format!("inbound|{target}||");
             inbound.entry(target).or_insert_with(|| {
                 let filter = if port.is_http() {
-                    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                        "@type": HCM,
-                        "stat_prefix": format!("inbound_0.0.0.0_{target}"),
-                        "route_config": {"name": format!("inbound|{target}||"), "virtual_hosts": [{
-                            "name": "inbound|http", "domains": ["*"],
-                            "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
-                        }]},
-                        "http_filters": http_filters(),
-                    }})
+                    let route = Route {
+                        name: "default".into(),
+                        r#match: Some(RouteMatch {
+                            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                            ..Default::default()
+                        }),
+                        action: Some(route::Action::Route(RouteAction {
+                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
+                            timeout: Some(pb_duration(std::time::Duration::ZERO)),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    };
+                    hcm_filter(&HttpConnectionManager {
+                        stat_prefix: format!("inbound_0.0.0.0_{target}"),
+                        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+                            name: cluster.clone(),
+                            virtual_hosts: vec![VirtualHost {
+                                name: "inbound|http".into(),
+                                domains: vec!["*".into()],
+                                routes: vec![route],
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        })),
+                        http_filters: http_filters(),
+                        ..Default::default()
+                    })
                 } else {
                     tcp_chain(&cluster, &cluster)
                 };
-                json!({"name": format!("0.0.0.0_{target}"), "filter_chain_match": {"destination_port": target}, "filters": [filter]})
+                port_chain(target, filter)
             });
         }
     }
-    let outbound_default = match mode {
-        OutboundMode::AllowAny => {
-            json!({"name": "PassthroughFilterChain", "filters": [tcp_chain("PassthroughCluster", "PassthroughCluster")]})
-        }
-        OutboundMode::RegistryOnly => {
-            json!({"name": "BlackHoleFilterChain", "filters": [tcp_chain("BlackHoleCluster", "BlackHoleCluster")]})
-        }
+    let default_chain = |name: &str, cluster: &str| FilterChain {
+        name: name.into(),
+        filters: vec![tcp_chain(cluster, cluster)],
+        ..Default::default()
     };
-    let inbound_default = json!({"name": "InboundPassthroughFilterChain",
-        "filters": [tcp_chain("InboundPassthroughCluster", "InboundPassthroughCluster")]});
+    let outbound_default = match mode {
+        OutboundMode::AllowAny => default_chain("PassthroughFilterChain", "PassthroughCluster"),
+        OutboundMode::RegistryOnly => default_chain("BlackHoleFilterChain", "BlackHoleCluster"),
+    };
+    let inbound_default = default_chain("InboundPassthroughFilterChain", "InboundPassthroughCluster");
     let mut out = BTreeMap::new();
     // API listeners for proxyless gRPC (`xds:///host:port`): no socket, just the HCM that
     // names the route configuration. Only sent to clients that ask for them by name.
     let proxyless = reg.service_entries.iter().filter(|_| proxy.proxyless);
     for (meta, se) in proxyless {
-        for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
+        for host in se.hosts.iter().filter(|h| idx.visible(meta, h)) {
             for port in se.ports.iter().filter(|p| p.is_http()) {
                 let name = format!("{host}:{}", port.number);
-                out.insert(name.clone(), json!({
-                    "name": name,
-                    "api_listener": {"api_listener": {
-                        "@type": HCM,
-                        "stat_prefix": name,
-                        "rds": {"route_config_name": name, "config_source": {"ads": {}, "resource_api_version": "V3"}},
-                        "http_filters": http_filters(),
-                    }},
-                }));
+                let hcm = HttpConnectionManager {
+                    stat_prefix: name.clone(),
+                    route_specifier: rds(name.clone()),
+                    http_filters: http_filters(),
+                    ..Default::default()
+                };
+                let l = Listener {
+                    name: name.clone(),
+                    api_listener: Some(ApiListener { api_listener: Some(to_any(HCM, &hcm)) }),
+                    ..Default::default()
+                };
+                out.insert(name, to_any(LISTENER, &l));
             }
         }
     }
-    for (name, port, chains, default) in
-        [("virtualOutbound", 15001, outbound, outbound_default), ("virtualInbound", 15006, inbound, inbound_default)]
-    {
-        out.insert(
-            name.to_string(),
-            json!({
-                "name": name,
-                "address": {"socket_address": {"address": ip, "port_value": port}},
-                "use_original_dst": true,
-                "traffic_direction": if port == 15001 { "OUTBOUND" } else { "INBOUND" },
-                "filter_chains": chains.into_values().collect::<Vec<_>>(),
-                "default_filter_chain": default,
-            }),
-        );
+    for (name, port, chains, default, direction) in [
+        ("virtualOutbound", 15001, outbound, outbound_default, TrafficDirection::Outbound),
+        ("virtualInbound", 15006, inbound, inbound_default, TrafficDirection::Inbound),
+    ] {
+        let l = Listener {
+            name: name.to_string(),
+            address: socket(ip, port),
+            use_original_dst: bool_value(true),
+            traffic_direction: direction as i32,
+            filter_chains: chains.into_values().collect(),
+            default_filter_chain: Some(default),
+            ..Default::default()
+        };
+        out.insert(name.to_string(), to_any(LISTENER, &l));
     }
     out
 }

@@ -3,20 +3,29 @@
 //! RouteConfiguration per HTTP port (named by the port), and the `virtualOutbound` (15001) and
 //! `virtualInbound` (15006) listeners with a filter chain per destination port.
 //!
-//! Resources are written as proto3 JSON and encoded through Envoy's descriptors, then checked
-//! with the proxy's own translation, so what is served is what an Envoy-API proxy accepts.
+//! Resources are built as envoy-types structs and encoded with prost (nested `typed_config`s as
+//! `Any`s the same way); `generate` also checks each with the proxy's own translation, so what
+//! is served is what an Envoy-API proxy accepts. Lookups (DestinationRules and VirtualServices
+//! by host, WorkloadEntries by namespace and label, the proxy's Sidecar) are indexed once per
+//! generation, so the cost grows linearly with the number of services.
 mod clusters;
 mod listeners;
 mod routes;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use envoy_types::pb::google::protobuf::Any;
-use prost_reflect::{DescriptorPool, DynamicMessage};
-use serde_json::Value;
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source, socket_address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress,
+};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use prost_reflect::DescriptorPool;
 
-use crate::istio::model::{Metadata, OutboundMode};
+use crate::istio::model::{
+    DestinationRule, Metadata, OutboundMode, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
 use crate::istio::Registry;
+
+pub use clusters::load_assignments;
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -75,25 +84,186 @@ pub fn duration(s: &str) -> Option<std::time::Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
-pub(crate) fn json_duration(d: std::time::Duration) -> String {
-    format!("{}.{:09}s", d.as_secs(), d.subsec_nanos())
+/// `google.protobuf.Duration` of a std duration.
+pub(crate) fn pb_duration(d: std::time::Duration) -> Duration {
+    Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-/// What the proxy in `proxy` may see: Sidecar egress hosts (`ns/host`, `./*`, `*/*`) when a
-/// Sidecar applies to it, otherwise everything.
-fn visible(reg: &Registry, proxy: &ProxyInfo, se_meta: &Metadata, host: &str) -> bool {
-    let sidecar =
-        reg.sidecars.iter().filter(|(m, _)| m.namespace == proxy.namespace).find(|(_, s)| match &s.workload_selector {
-            Some(sel) => sel.labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)),
-            None => true,
-        });
-    let Some((_, sidecar)) = sidecar else { return true };
-    sidecar.egress.iter().flat_map(|e| e.hosts.iter()).any(|h| {
-        let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
-        let ns_ok = ns == "*" || (ns == "." && se_meta.namespace == proxy.namespace) || ns == se_meta.namespace;
-        let host_ok = pattern == "*" || pattern == host || pattern.strip_prefix('*').is_some_and(|s| host.ends_with(s));
-        ns_ok && host_ok
+pub(crate) fn seconds(s: i64) -> Option<Duration> {
+    Some(Duration { seconds: s, nanos: 0 })
+}
+
+pub(crate) fn bool_value(value: bool) -> Option<BoolValue> {
+    Some(BoolValue { value })
+}
+
+pub(crate) fn u32_value(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+/// A message as an `Any` of `type_url`.
+pub(crate) fn to_any(type_url: &str, m: &impl prost::Message) -> Any {
+    Any { type_url: type_url.to_string(), value: m.encode_to_vec() }
+}
+
+/// `{"ads": {}, "resource_api_version": "V3"}`.
+pub(crate) fn ads() -> Option<ConfigSource> {
+    Some(ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
     })
+}
+
+/// `{"socket_address": {"address": address, "port_value": port}}`.
+pub(crate) fn socket(address: &str, port: u32) -> Option<envoy_types::pb::envoy::config::core::v3::Address> {
+    Some(envoy_types::pb::envoy::config::core::v3::Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    })
+}
+
+/// Whether `labels` select a workload with `have`.
+fn selects(labels: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    labels.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// The endpoints of a ServiceEntry: its own `endpoints`, or the WorkloadEntries of its
+/// namespace that it selects (in registry order), found by a scan. [`Index::endpoints`] is the
+/// same through the index.
+fn endpoints_scan<'a>(reg: &'a Registry, ns: &str, se: &'a ServiceEntry) -> Vec<&'a WorkloadEntry> {
+    match &se.workload_selector {
+        Some(sel) => reg
+            .workload_entries
+            .iter()
+            .filter(|(m, we)| m.namespace == ns && selects(&sel.labels, &we.labels))
+            .map(|(_, we)| we)
+            .collect(),
+        None => se.endpoints.iter().collect(),
+    }
+}
+
+/// The DestinationRule for `host` (the first one naming it), found by a scan.
+fn destination_rule_scan<'a>(reg: &'a Registry, host: &str) -> Option<&'a DestinationRule> {
+    reg.destination_rules.iter().find(|(m, d)| fqdn(&d.host, &m.namespace) == host).map(|(_, d)| d)
+}
+
+/// What one generation looks up per host, indexed once.
+pub(crate) struct Index<'a> {
+    pub reg: &'a Registry,
+    pub proxy: &'a ProxyInfo,
+    /// The Sidecar that applies to the proxy: the first in its namespace whose selector (if
+    /// any) matches its labels.
+    sidecar: Option<&'a Sidecar>,
+    /// DestinationRules by fully qualified host; the first one for a host wins.
+    drs: HashMap<String, &'a DestinationRule>,
+    /// VirtualServices bound to the mesh, by fully qualified host, in registry order.
+    vss: HashMap<String, Vec<&'a (Metadata, VirtualService)>>,
+    /// WorkloadEntry positions by namespace, and by (namespace, label, value), ascending.
+    we_by_ns: HashMap<&'a str, Vec<usize>>,
+    we_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
+    /// The ServiceEntries (positions) of which the proxy runs a workload, in its namespace.
+    owned: Vec<usize>,
+}
+
+impl<'a> Index<'a> {
+    pub fn new(reg: &'a Registry, proxy: &'a ProxyInfo) -> Self {
+        let sidecar = reg
+            .sidecars
+            .iter()
+            .filter(|(m, _)| m.namespace == proxy.namespace)
+            .find(|(_, s)| s.workload_selector.as_ref().is_none_or(|sel| selects(&sel.labels, &proxy.labels)))
+            .map(|(_, s)| s);
+        let mut drs = HashMap::with_capacity(reg.destination_rules.len());
+        for (m, d) in &reg.destination_rules {
+            drs.entry(fqdn(&d.host, &m.namespace)).or_insert(d);
+        }
+        let mut vss: HashMap<String, Vec<&(Metadata, VirtualService)>> = HashMap::new();
+        for entry in &reg.virtual_services {
+            let (m, vs) = entry;
+            if !(vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+                continue;
+            }
+            for h in &vs.hosts {
+                let list = vss.entry(fqdn(h, &m.namespace)).or_default();
+                // A VirtualService naming one host twice (`reviews` and its FQDN) counts once.
+                if !list.last().is_some_and(|last| std::ptr::eq(*last, entry)) {
+                    list.push(entry);
+                }
+            }
+        }
+        let mut we_by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut we_by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+        for (i, (m, we)) in reg.workload_entries.iter().enumerate() {
+            we_by_ns.entry(m.namespace.as_str()).or_default().push(i);
+            for (k, v) in &we.labels {
+                we_by_label.entry((m.namespace.as_str(), k.as_str(), v.as_str())).or_default().push(i);
+            }
+        }
+        let mut idx = Index { reg, proxy, sidecar, drs, vss, we_by_ns, we_by_label, owned: Vec::new() };
+        // A workload is the proxy's when all of its (non-empty) labels are the proxy's.
+        if !proxy.labels.is_empty() {
+            idx.owned = (reg.service_entries.iter().enumerate())
+                .filter(|(_, (meta, se))| {
+                    meta.namespace == proxy.namespace
+                        && idx.endpoints(&meta.namespace, se).iter().any(|we| clusters::proxy_owns(proxy, we))
+                })
+                .map(|(i, _)| i)
+                .collect();
+        }
+        idx
+    }
+
+    pub fn destination_rule(&self, host: &str) -> Option<&'a DestinationRule> {
+        self.drs.get(host).copied()
+    }
+
+    pub fn virtual_services(&self, host: &str) -> &[&'a (Metadata, VirtualService)] {
+        self.vss.get(host).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// As [`endpoints_scan`], through the index: the candidates are the workloads of the
+    /// namespace carrying the selector's rarest label, still filtered by every label.
+    pub fn endpoints(&self, ns: &str, se: &'a ServiceEntry) -> Vec<&'a WorkloadEntry> {
+        let Some(sel) = &se.workload_selector else { return se.endpoints.iter().collect() };
+        let candidates: &[usize] = if sel.labels.is_empty() {
+            self.we_by_ns.get(ns).map(Vec::as_slice).unwrap_or(&[])
+        } else {
+            sel.labels
+                .iter()
+                .map(|(k, v)| self.we_by_label.get(&(ns, k.as_str(), v.as_str())).map(Vec::as_slice).unwrap_or(&[]))
+                .min_by_key(|c| c.len())
+                .unwrap_or(&[])
+        };
+        candidates
+            .iter()
+            .map(|&i| &self.reg.workload_entries[i].1)
+            .filter(|we| selects(&sel.labels, &we.labels))
+            .collect()
+    }
+
+    /// What the proxy may see: Sidecar egress hosts (`ns/host`, `./*`, `*/*`) when a Sidecar
+    /// applies to it, otherwise everything.
+    pub fn visible(&self, se_meta: &Metadata, host: &str) -> bool {
+        let Some(sidecar) = self.sidecar else { return true };
+        let proxy = self.proxy;
+        sidecar.egress.iter().flat_map(|e| e.hosts.iter()).any(|h| {
+            let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
+            let ns_ok = ns == "*" || (ns == "." && se_meta.namespace == proxy.namespace) || ns == se_meta.namespace;
+            let host_ok =
+                pattern == "*" || pattern == host || pattern.strip_prefix('*').is_some_and(|s| host.ends_with(s));
+            ns_ok && host_ok
+        })
+    }
+
+    /// The ServiceEntries of which the proxy runs a workload (in its own namespace), in
+    /// registry order.
+    pub fn owned(&self) -> impl Iterator<Item = &'a (Metadata, ServiceEntry)> + '_ {
+        self.owned.iter().map(|&i| &self.reg.service_entries[i])
+    }
 }
 
 fn outbound_mode(reg: &Registry, proxy: &ProxyInfo) -> OutboundMode {
@@ -120,31 +290,30 @@ pub fn generate_with(
     pool: &DescriptorPool,
     check: bool,
 ) -> Result<Resources, GenerateError> {
-    let mut json: BTreeMap<&'static str, BTreeMap<String, Value>> = BTreeMap::new();
+    let idx = Index::new(reg, proxy);
     let mode = outbound_mode(reg, proxy);
-    let (cl, eps) = clusters::clusters(reg, proxy, mode);
-    let rts = routes::routes(reg, proxy)?;
-    let ls = listeners::listeners(reg, proxy, mode);
-    json.insert(CLUSTER, cl);
-    json.insert(ENDPOINT, eps);
-    json.insert(ROUTE, rts);
-    json.insert(LISTENER, ls);
+    let (cl, eps) = clusters::clusters(&idx, mode);
+    let rts = routes::routes(&idx)?;
+    let ls = listeners::listeners(&idx, mode);
     let mut out = Resources::new();
-    for (t, by_name) in json {
-        let mut enc = BTreeMap::new();
-        for (name, v) in by_name {
-            let any = encode(pool, t, &v).map_err(|message| GenerateError { resource: name.clone(), message })?;
-            // The proxy's own translation is the acceptance test for every generated resource
-            // (API listeners are for proxyless gRPC clients, which the proxy is not).
-            if check && !(t == LISTENER && is_api_listener(&name)) {
-                outrigger_proxy::translate::resource::decode(pool, t, &any).map_err(|e| GenerateError {
+    out.insert(CLUSTER, cl);
+    out.insert(ENDPOINT, eps);
+    out.insert(ROUTE, rts);
+    out.insert(LISTENER, ls);
+    if check {
+        for (t, by_name) in &out {
+            for (name, any) in by_name {
+                // The proxy's own translation is the acceptance test for every generated resource
+                // (API listeners are for proxyless gRPC clients, which the proxy is not).
+                if *t == LISTENER && is_api_listener(name) {
+                    continue;
+                }
+                outrigger_proxy::translate::resource::decode(pool, t, any).map_err(|e| GenerateError {
                     resource: name.clone(),
                     message: format!("generated an invalid resource: {e}"),
                 })?;
             }
-            enc.insert(name, any);
         }
-        out.insert(t, enc);
     }
     Ok(out)
 }
@@ -152,12 +321,6 @@ pub fn generate_with(
 /// API listeners are named `host:port`; socket listeners never contain a colon.
 pub fn is_api_listener(name: &str) -> bool {
     name.contains(':')
-}
-
-pub fn encode(pool: &DescriptorPool, type_url: &str, v: &Value) -> Result<Any, String> {
-    let desc = pool.get_message_by_name(type_url.rsplit('/').next().unwrap_or(type_url)).ok_or("unknown type")?;
-    let msg = DynamicMessage::deserialize(desc, v.clone()).map_err(|e| e.to_string())?;
-    Ok(Any { type_url: type_url.to_string(), value: prost::Message::encode_to_vec(&msg) })
 }
 
 #[cfg(test)]

@@ -1,110 +1,144 @@
 //! One RouteConfiguration per HTTP port, named by the port (as istiod names them), with a
 //! virtual host per service host and the VirtualService rules for it.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
-use serde_json::{json, Value};
+use envoy_types::pb::envoy::config::route::v3::{header_matcher, query_parameter_matcher};
+use envoy_types::pb::envoy::config::route::v3::{
+    redirect_action, route, route_action, route_match, weighted_cluster, HeaderMatcher, QueryParameterMatcher,
+    RedirectAction, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 
-use super::{cluster_name, fqdn, json_duration, visible, GenerateError, ProxyInfo};
-use crate::istio::model::{HttpMatch, HttpRoute, Metadata, StringMatch, VirtualService};
-use crate::istio::Registry;
+use super::{bool_value, cluster_name, fqdn, pb_duration, to_any, u32_value, GenerateError, Index, ROUTE};
+use crate::istio::model::{HttpMatch, HttpRoute, StringMatch};
 
-fn string_match(m: &StringMatch) -> Value {
-    match m {
-        StringMatch::Exact(s) => json!({"exact": s}),
-        StringMatch::Prefix(s) => json!({"prefix": s}),
-        StringMatch::Regex(s) => json!({"safe_regex": {"regex": s}}),
+fn regex(r: &str) -> RegexMatcher {
+    RegexMatcher { regex: r.to_string(), ..Default::default() }
+}
+
+fn string_match(m: &StringMatch) -> StringMatcher {
+    let pattern = match m {
+        StringMatch::Exact(s) => string_matcher::MatchPattern::Exact(s.clone()),
+        StringMatch::Prefix(s) => string_matcher::MatchPattern::Prefix(s.clone()),
+        StringMatch::Regex(s) => string_matcher::MatchPattern::SafeRegex(regex(s)),
+    };
+    StringMatcher { match_pattern: Some(pattern), ..Default::default() }
+}
+
+fn header(name: &str, m: &StringMatch) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(string_match(m))),
+        ..Default::default()
     }
 }
 
-fn route_match(m: &HttpMatch) -> Value {
-    let mut out = match &m.uri {
-        None => json!({"prefix": "/"}),
-        Some(StringMatch::Exact(p)) => json!({"path": p}),
-        Some(StringMatch::Prefix(p)) => json!({"prefix": p}),
-        Some(StringMatch::Regex(r)) => json!({"safe_regex": {"regex": r}}),
+/// Everything: `{"prefix": "/"}`.
+fn match_all() -> RouteMatch {
+    RouteMatch { path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())), ..Default::default() }
+}
+
+fn route_match(m: &HttpMatch) -> RouteMatch {
+    let path = match &m.uri {
+        None => route_match::PathSpecifier::Prefix("/".into()),
+        Some(StringMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
+        Some(StringMatch::Prefix(p)) => route_match::PathSpecifier::Prefix(p.clone()),
+        Some(StringMatch::Regex(r)) => route_match::PathSpecifier::SafeRegex(regex(r)),
     };
+    let mut out = RouteMatch { path_specifier: Some(path), ..Default::default() };
     if m.ignore_uri_case {
-        out["case_sensitive"] = json!(false);
+        out.case_sensitive = bool_value(false);
     }
-    let mut headers: Vec<Value> =
-        m.headers.iter().map(|(name, v)| json!({"name": name, "string_match": string_match(v)})).collect();
+    out.headers = m.headers.iter().map(|(name, v)| header(name, v)).collect();
     if let Some(method) = &m.method {
-        headers.push(json!({"name": ":method", "string_match": string_match(method)}));
+        out.headers.push(header(":method", method));
     }
     if let Some(a) = &m.authority {
-        headers.push(json!({"name": ":authority", "string_match": string_match(a)}));
+        out.headers.push(header(":authority", a));
     }
-    if !headers.is_empty() {
-        out["headers"] = json!(headers);
-    }
-    let q: Vec<Value> =
-        m.query_params.iter().map(|(name, v)| json!({"name": name, "string_match": string_match(v)})).collect();
-    if !q.is_empty() {
-        out["query_parameters"] = json!(q);
-    }
+    out.query_parameters = m
+        .query_params
+        .iter()
+        .map(|(name, v)| QueryParameterMatcher {
+            name: name.clone(),
+            query_parameter_match_specifier: Some(query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                string_match(v),
+            )),
+        })
+        .collect();
     out
 }
 
-fn redirect_code(code: Option<u16>) -> Result<&'static str, String> {
+fn redirect_code(code: Option<u16>) -> Result<redirect_action::RedirectResponseCode, String> {
+    use redirect_action::RedirectResponseCode as C;
     Ok(match code.unwrap_or(301) {
-        301 => "MOVED_PERMANENTLY",
-        302 => "FOUND",
-        303 => "SEE_OTHER",
-        307 => "TEMPORARY_REDIRECT",
-        308 => "PERMANENT_REDIRECT",
+        301 => C::MovedPermanently,
+        302 => C::Found,
+        303 => C::SeeOther,
+        307 => C::TemporaryRedirect,
+        308 => C::PermanentRedirect,
         other => return Err(format!("redirectCode {other} is not a redirect code")),
     })
 }
 
-fn action(rule: &HttpRoute, vs_ns: &str, port: u16, res: &str) -> Result<(&'static str, Value), GenerateError> {
+fn action(rule: &HttpRoute, vs_ns: &str, port: u16, res: &str) -> Result<route::Action, GenerateError> {
     let err = |message: String| GenerateError { resource: res.to_string(), message };
     if let Some(r) = &rule.redirect {
-        let mut v = json!({"response_code": redirect_code(r.redirect_code).map_err(err)?});
+        let mut v =
+            RedirectAction { response_code: redirect_code(r.redirect_code).map_err(err)? as i32, ..Default::default() };
         if let Some(u) = &r.uri {
-            v["path_redirect"] = json!(u);
+            v.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PathRedirect(u.clone()));
         }
         if let Some(a) = &r.authority {
-            v["host_redirect"] = json!(a);
+            v.host_redirect = a.clone();
         }
-        return Ok(("redirect", v));
+        return Ok(route::Action::Redirect(v));
     }
     let dest_cluster = |d: &crate::istio::model::Destination| {
         let p = d.port.as_ref().map(|p| p.number).unwrap_or(port);
         cluster_name(p, d.subset.as_deref().unwrap_or(""), &fqdn(&d.host, vs_ns))
     };
-    let mut v = if rule.route.len() == 1 {
-        json!({"cluster": dest_cluster(&rule.route[0].destination)})
+    let specifier = if rule.route.len() == 1 {
+        route_action::ClusterSpecifier::Cluster(dest_cluster(&rule.route[0].destination))
     } else {
-        let clusters: Vec<Value> = rule
-            .route
-            .iter()
-            .map(|d| json!({"name": dest_cluster(&d.destination), "weight": d.weight.unwrap_or(0)}))
-            .collect();
-        if clusters.iter().all(|c| c["weight"] == 0) {
+        if rule.route.iter().all(|d| d.weight.unwrap_or(0) == 0) {
             return Err(err("route weights must not all be 0".into()));
         }
-        json!({"weighted_clusters": {"clusters": clusters}})
+        let clusters = rule
+            .route
+            .iter()
+            .map(|d| weighted_cluster::ClusterWeight {
+                name: dest_cluster(&d.destination),
+                weight: u32_value(d.weight.unwrap_or(0)),
+                ..Default::default()
+            })
+            .collect();
+        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster { clusters, ..Default::default() })
     };
     // Istio's default: no timeout.
     let timeout = match &rule.timeout {
         Some(t) => super::duration(t).ok_or_else(|| err(format!("timeout \"{t}\" is not a duration")))?,
         None => std::time::Duration::ZERO,
     };
-    v["timeout"] = json!(json_duration(timeout));
+    let mut v =
+        RouteAction { cluster_specifier: Some(specifier), timeout: Some(pb_duration(timeout)), ..Default::default() };
     if let Some(rw) = &rule.rewrite {
         if let Some(u) = &rw.uri {
-            v["prefix_rewrite"] = json!(u);
+            v.prefix_rewrite = u.clone();
         }
         if let Some(a) = &rw.authority {
-            v["host_rewrite_literal"] = json!(a);
+            v.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
         }
     }
-    Ok(("route", v))
+    Ok(route::Action::Route(v))
 }
 
 /// Domains a client may use for `host:port`: the host, with the port, and for Kubernetes service
-/// names in the proxy's namespace the short forms.
-fn domains(host: &str, port: u16, proxy_ns: &str, used: &mut BTreeSet<String>) -> Vec<String> {
+/// names in the proxy's namespace the short forms; none that an earlier host of the same port's
+/// configuration already has (`used`, to which the caller adds these).
+fn domains(host: &str, port: u16, proxy_ns: &str, used: &HashSet<String>) -> Vec<String> {
     let mut d = vec![host.to_string(), format!("{host}:{port}")];
     if let Some(rest) = host.strip_suffix(".svc.cluster.local") {
         if let Some((name, ns)) = rest.split_once('.') {
@@ -116,26 +150,35 @@ fn domains(host: &str, port: u16, proxy_ns: &str, used: &mut BTreeSet<String>) -
             }
         }
     }
-    d.into_iter().filter(|x| used.insert(x.clone())).collect()
+    let mut out: Vec<String> = Vec::with_capacity(d.len());
+    for x in d {
+        if !used.contains(&x) && !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
 }
 
-fn virtual_services_for<'a>(reg: &'a Registry, host: &str) -> Vec<&'a (Metadata, VirtualService)> {
-    reg.virtual_services
-        .iter()
-        .filter(|(_, vs)| vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh"))
-        .filter(|(m, vs)| vs.hosts.iter().any(|h| fqdn(h, &m.namespace) == host))
-        .collect()
-}
-
-pub fn routes(reg: &Registry, proxy: &ProxyInfo) -> Result<BTreeMap<String, Value>, GenerateError> {
-    let mut by_port: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
-    let mut api: BTreeMap<String, Value> = BTreeMap::new();
-    let mut used: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+pub fn routes(idx: &Index<'_>) -> Result<BTreeMap<String, Any>, GenerateError> {
+    let (reg, proxy) = (idx.reg, idx.proxy);
+    // The per-port configurations' virtual hosts, each encoded as it is made: 10,000 services
+    // are 10,000 virtual hosts, and none of them needs to be kept as a struct.
+    let mut by_port: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+    let mut out: BTreeMap<String, Any> = BTreeMap::new();
+    // The domains each port's configuration has so far: at most six per host, sized once.
+    let mut hosts: BTreeMap<u16, usize> = BTreeMap::new();
+    for (_, se) in &reg.service_entries {
+        for port in se.ports.iter().filter(|p| p.is_http()) {
+            *hosts.entry(port.number).or_default() += se.hosts.len();
+        }
+    }
+    let mut used: BTreeMap<u16, HashSet<String>> =
+        hosts.into_iter().map(|(port, n)| (port, HashSet::with_capacity(6 * n))).collect();
     for (meta, se) in &reg.service_entries {
-        for host in se.hosts.iter().filter(|h| visible(reg, proxy, meta, h)) {
+        for host in se.hosts.iter().filter(|h| idx.visible(meta, h)) {
             for port in se.ports.iter().filter(|p| p.is_http()) {
                 let mut rts = Vec::new();
-                for (vm, vs) in virtual_services_for(reg, host) {
+                for (vm, vs) in idx.virtual_services(host).iter().copied() {
                     let res = format!("VirtualService {}/{}", vm.namespace, vm.name);
                     for (i, rule) in vs.http.iter().enumerate() {
                         let matches: Vec<&HttpMatch> =
@@ -143,54 +186,86 @@ pub fn routes(reg: &Registry, proxy: &ProxyInfo) -> Result<BTreeMap<String, Valu
                         if !rule.matches.is_empty() && matches.is_empty() {
                             continue;
                         }
-                        let (kind, act) = action(rule, &vm.namespace, port.number, &res)?;
+                        let act = action(rule, &vm.namespace, port.number, &res)?;
                         let name = rule.name.clone().unwrap_or_else(|| format!("{}.{}.{i}", vm.namespace, vm.name));
-                        let ms: Vec<Value> = if matches.is_empty() {
-                            vec![json!({"prefix": "/"})]
+                        let ms: Vec<RouteMatch> = if matches.is_empty() {
+                            vec![match_all()]
                         } else {
                             matches.iter().map(|m| route_match(m)).collect()
                         };
                         for m in ms {
-                            rts.push(json!({"name": name, "match": m, kind: act}));
+                            rts.push(Route {
+                                name: name.clone(),
+                                r#match: Some(m),
+                                action: Some(act.clone()),
+                                ..Default::default()
+                            });
                         }
                     }
                 }
                 // Without a VirtualService (or after its rules), everything goes to the service.
-                rts.push(json!({
-                    "name": "default",
-                    "match": {"prefix": "/"},
-                    "route": {"cluster": cluster_name(port.number, "", host), "timeout": "0s"},
-                }));
+                rts.push(Route {
+                    name: "default".into(),
+                    r#match: Some(match_all()),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster_name(
+                            port.number,
+                            "",
+                            host,
+                        ))),
+                        timeout: Some(pb_duration(std::time::Duration::ZERO)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                });
                 // Proxyless gRPC clients (`xds:///host:port`) get a route configuration of their
                 // own per service, named like their API listener.
                 let api_name = format!("{host}:{}", port.number);
                 if proxy.proxyless {
-                    api.insert(
-                        api_name.clone(),
-                        json!({"name": api_name, "validate_clusters": false, "virtual_hosts": [{
-                            "name": api_name, "domains": [api_name, host], "routes": rts.clone(),
-                        }]}),
-                    );
+                    let rc = RouteConfiguration {
+                        name: api_name.clone(),
+                        validate_clusters: bool_value(false),
+                        virtual_hosts: vec![VirtualHost {
+                            name: api_name.clone(),
+                            domains: vec![api_name.clone(), host.clone()],
+                            routes: rts.clone(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    };
+                    out.insert(api_name.clone(), to_any(ROUTE, &rc));
                 }
-                let d = domains(host, port.number, &proxy.namespace, used.entry(port.number).or_default());
+                let used = used.get_mut(&port.number).expect("every HTTP port has a set");
+                let d = domains(host, port.number, &proxy.namespace, used);
                 if d.is_empty() {
                     continue;
                 }
-                by_port.entry(port.number).or_default().push(json!({
-                    "name": format!("{host}:{}", port.number),
-                    "domains": d,
-                    "routes": rts,
-                }));
+                let vh = VirtualHost { name: api_name, domains: d, routes: rts, ..Default::default() };
+                // A message holding only this virtual host encodes as its `virtual_hosts` entry.
+                let mut rc = RouteConfiguration { virtual_hosts: vec![vh], ..Default::default() };
+                rc.encode(by_port.entry(port.number).or_default()).expect("a Vec grows");
+                used.extend(rc.virtual_hosts.pop().into_iter().flat_map(|vh| vh.domains));
             }
         }
     }
-    let mut out: BTreeMap<String, Value> = by_port
-        .into_iter()
-        .map(|(port, vhosts)| {
-            let name = port.to_string();
-            (name.clone(), json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false}))
-        })
-        .collect();
-    out.extend(api);
+    for (port, virtual_hosts) in by_port {
+        let name = port.to_string();
+        // Named by a number, so never one of the API ones (`host:port`).
+        out.entry(name.clone())
+            .or_insert_with(|| Any { type_url: ROUTE.to_string(), value: port_config(name, &virtual_hosts) });
+    }
     Ok(out)
+}
+
+/// `{"name": name, "virtual_hosts": [...], "validate_clusters": false}` from its encoded virtual
+/// hosts: the fields in the order prost writes them (encoded messages concatenate; repeated
+/// fields append).
+fn port_config(name: String, virtual_hosts: &[u8]) -> Vec<u8> {
+    let head = RouteConfiguration { name, ..Default::default() };
+    let tail = RouteConfiguration { validate_clusters: bool_value(false), ..Default::default() };
+    let mut buf = Vec::with_capacity(head.encoded_len() + virtual_hosts.len() + tail.encoded_len());
+    head.encode(&mut buf).expect("a Vec grows");
+    buf.extend_from_slice(virtual_hosts);
+    tail.encode(&mut buf).expect("a Vec grows");
+    buf
 }

@@ -68,7 +68,7 @@ impl Port {
     /// Istio's protocol selection: the declared protocol, else the port name's prefix.
     pub fn is_http(&self) -> bool {
         let p = if self.protocol.is_empty() { self.name.split('-').next().unwrap_or("") } else { &self.protocol };
-        matches!(p.to_ascii_uppercase().as_str(), "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB")
+        ["HTTP", "HTTP2", "GRPC", "GRPC-WEB"].iter().any(|h| p.eq_ignore_ascii_case(h))
     }
 }
 

@@ -117,21 +117,14 @@ pub fn served_for(
     .clone()
 }
 
-/// The ClusterLoadAssignments of the given ServiceEntries (indices into `reg`), exactly as a
-/// full generation yields them: generated from a registry holding just those services and
-/// what shapes their endpoints (workload entries, destination rule subsets).
-pub fn load_assignments(
-    reg: &Registry,
-    services: &[usize],
-    pool: &prost_reflect::DescriptorPool,
-) -> Result<BTreeMap<String, Any>, String> {
-    let mini = Registry {
-        service_entries: services.iter().map(|&i| reg.service_entries[i].clone()).collect(),
-        workload_entries: reg.workload_entries.clone(),
-        destination_rules: reg.destination_rules.clone(),
-        ..Default::default()
-    };
-    let mut res =
-        crate::generate::generate_with(&mini, &ProxyInfo::default(), pool, false).map_err(|e| e.to_string())?;
-    Ok(res.remove(ENDPOINT).unwrap_or_default())
+/// The ClusterLoadAssignments of the given ServiceEntries (indices into `reg`), by name, as a
+/// full generation yields them (the generator's own per-service code path).
+pub fn load_assignments(reg: &Registry, services: &[usize]) -> BTreeMap<String, Any> {
+    services
+        .iter()
+        .flat_map(|&i| {
+            let (meta, se) = &reg.service_entries[i];
+            crate::generate::load_assignments(reg, meta, se)
+        })
+        .collect()
 }

@@ -101,20 +101,13 @@ impl Control {
         tracing::debug!(us = started.elapsed().as_micros() as u64, "change classified");
         let generation = match change {
             Change::Unchanged => return,
-            Change::Endpoints(services) => match cache::load_assignments(&reg, &services, &self.pool) {
-                Ok(cla) => {
-                    tracing::info!(services = services.len(), assignments = cla.len(), "endpoint-only change");
-                    let mut c = self.cache.lock().unwrap();
-                    c.patch_endpoints(reg, &cla);
-                    c.generation
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "endpoint-only change; regenerating everything");
-                    let mut c = self.cache.lock().unwrap();
-                    c.replace(reg);
-                    c.generation
-                }
-            },
+            Change::Endpoints(services) => {
+                let cla = cache::load_assignments(&reg, &services);
+                tracing::info!(services = services.len(), assignments = cla.len(), "endpoint-only change");
+                let mut c = self.cache.lock().unwrap();
+                c.patch_endpoints(reg, &cla);
+                c.generation
+            }
             Change::Full => {
                 let mut c = self.cache.lock().unwrap();
                 c.replace(reg);

@@ -6,7 +6,10 @@ fn main() {
     let src = find_in_registry().unwrap_or_else(find_with_metadata);
     let dst = PathBuf::from(env::var("OUT_DIR").unwrap()).join("envoy_types.bin");
     let full = fs::read(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
-    fs::write(&dst, subset(&full)).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
+    let subset = subset(&full);
+    fs::write(&dst, &subset).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
+    let table = PathBuf::from(env::var("OUT_DIR").unwrap()).join("wire_table.rs");
+    fs::write(&table, wire_table(&subset)).unwrap_or_else(|e| panic!("write {}: {e}", table.display()));
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../Cargo.lock");
 }
@@ -52,6 +55,91 @@ fn subset(full: &[u8]) -> Vec<u8> {
         })
         .collect();
     prost_types::FileDescriptorSet { file }.encode_to_vec()
+}
+
+/// The message types of the subset as static tables, for the strict check of xDS resources on
+/// their wire form (no descriptor pool is built per response). `MESSAGES` is sorted by full
+/// name: (name, first field, field count); each message's fields are sorted by number:
+/// (number, name, kind, label, has presence, target, oneof index or -1), where kind is the
+/// `FieldDescriptorProto.Type` number, label 0 single / 1 list / 2 map, and target the message
+/// index for message and group fields, the default (first) value for enums, else 0.
+fn wire_table(subset: &[u8]) -> String {
+    use prost::Message;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let set = prost_types::FileDescriptorSet::decode(subset).expect("subset decodes");
+    // Full name (".pkg.Msg") -> (descriptor, proto3?, is map entry).
+    let mut messages: BTreeMap<String, (&prost_types::DescriptorProto, bool)> = BTreeMap::new();
+    let mut enums: BTreeMap<String, i32> = BTreeMap::new();
+    fn walk<'a>(
+        prefix: &str,
+        msgs: &'a [prost_types::DescriptorProto],
+        en: &'a [prost_types::EnumDescriptorProto],
+        proto3: bool,
+        messages: &mut BTreeMap<String, (&'a prost_types::DescriptorProto, bool)>,
+        enums: &mut BTreeMap<String, i32>,
+    ) {
+        for e in en {
+            enums.insert(format!("{prefix}.{}", e.name()), e.value.first().map(|v| v.number()).unwrap_or(0));
+        }
+        for m in msgs {
+            let name = format!("{prefix}.{}", m.name());
+            walk(&name, &m.nested_type, &m.enum_type, proto3, messages, enums);
+            messages.insert(name, (m, proto3));
+        }
+    }
+    for f in &set.file {
+        let prefix = if f.package().is_empty() { String::new() } else { format!(".{}", f.package()) };
+        let proto3 = f.syntax() == "proto3";
+        walk(&prefix, &f.message_type, &f.enum_type, proto3, &mut messages, &mut enums);
+    }
+    let index: BTreeMap<&str, usize> = messages.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+    let mut out = String::new();
+    let mut fields = String::new();
+    let mut next = 0usize;
+    out.push_str("pub(super) static MESSAGES: &[(&str, u32, u32)] = &[\n");
+    for (name, (m, proto3)) in &messages {
+        let mut fs: Vec<&prost_types::FieldDescriptorProto> = m.field.iter().collect();
+        fs.sort_by_key(|f| f.number());
+        writeln!(out, "    ({:?}, {next}, {}),", &name[1..], fs.len()).unwrap();
+        for f in fs {
+            let repeated = f.label() == Label::Repeated;
+            let is_msg = matches!(f.r#type(), Type::Message | Type::Group);
+            let map = repeated
+                && is_msg
+                && messages.get(f.type_name()).is_some_and(|(e, _)| e.options.as_ref().is_some_and(|o| o.map_entry()));
+            let label = if map {
+                2
+            } else if repeated {
+                1
+            } else {
+                0
+            };
+            let presence = f.proto3_optional() || f.oneof_index.is_some() || (!repeated && (is_msg || !*proto3));
+            let target: i64 = match f.r#type() {
+                Type::Message | Type::Group => {
+                    *index.get(f.type_name()).unwrap_or_else(|| panic!("{} is not in the subset", f.type_name())) as i64
+                }
+                Type::Enum => *enums.get(f.type_name()).unwrap_or_else(|| panic!("enum {}", f.type_name())) as i64,
+                _ => 0,
+            };
+            writeln!(
+                fields,
+                "    f({}, {:?}, {}, {label}, {presence}, {target}, {}),",
+                f.number(),
+                f.name(),
+                f.r#type.unwrap_or_else(|| panic!("{name}.{} has no type", f.name())),
+                f.oneof_index.unwrap_or(-1)
+            )
+            .unwrap();
+            next += 1;
+        }
+    }
+    out.push_str("];\n\npub(super) static FIELDS: &[Field] = &[\n");
+    out.push_str(&fields);
+    out.push_str("];\n");
+    out
 }
 
 /// The usual case: the crate's source is unpacked in cargo's registry, at the version Cargo.lock pins.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -25,36 +24,35 @@ pub enum Resource {
     Endpoints(Vec<EndpointConfig>),
 }
 
-/// Decodes, checks and translates one resource of `type_url`; returns its name.
-pub fn decode(pool: &DescriptorPool, type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
+/// Decodes, checks and translates one resource of `type_url`; returns its name. The strict check
+/// runs on the encoded bytes (no descriptor pool), after prost has decoded them.
+pub fn decode(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
     if any.type_url != type_url {
         return Err(ConfigError::invalid("resource", "", format!("type {} in a {type_url} response", any.type_url)));
     }
-    let desc = pool
-        .get_message_by_name(super::type_name(type_url))
-        .ok_or_else(|| ConfigError::invalid("resource", "", format!("unknown type {type_url}")))?;
-    let dynamic = DynamicMessage::decode(desc, any.value.as_slice())
-        .map_err(|e| ConfigError::invalid("resource", "", format!("cannot decode {type_url}: {e}")))?;
-    strict::check_resource(pool, &dynamic)?;
-    let bad = |e: prost::DecodeError| ConfigError::invalid("resource", "", e.to_string());
+    let bytes = any.value.as_slice();
+    let bad = |e: prost::DecodeError| ConfigError::invalid("resource", "", format!("cannot decode {type_url}: {e}"));
+    let check = || strict::check_encoded(super::type_name(type_url), bytes);
     Ok(match type_url {
         LISTENER => {
-            let l = Listener::decode(any.value.as_slice()).map_err(bad)?;
+            let l = Listener::decode(bytes).map_err(bad)?;
+            check()?;
             let cfg = listener::translate_listener_in(&Ctx::new(format!("listener \"{}\"", l.name)), &l)?;
             (l.name, Resource::Listener(cfg))
         }
         CLUSTER => {
-            let c = Cluster::decode(any.value.as_slice()).map_err(bad)?;
+            let c = Cluster::decode(bytes).map_err(bad)?;
+            check()?;
             let cfg = cluster::translate_cluster(&c)?;
             (c.name, Resource::Cluster(cfg))
         }
         ROUTE => {
-            let r = RouteConfiguration::decode(any.value.as_slice()).map_err(bad)?;
-            let table = route::translate_route_config(&r)?;
-            (r.name, Resource::Routes(Arc::new(table)))
+            let (name, table) = route::translate_route_config_encoded(bytes)?;
+            (name, Resource::Routes(Arc::new(table)))
         }
         ENDPOINT => {
-            let la = ClusterLoadAssignment::decode(any.value.as_slice()).map_err(bad)?;
+            let la = ClusterLoadAssignment::decode(bytes).map_err(bad)?;
+            check()?;
             let ctx = Ctx::new(format!("cluster_load_assignment \"{}\"", la.cluster_name));
             let eps = cluster::translate_endpoints(&ctx, &la, &DiscoveryType::Eds(la.cluster_name.clone()))?;
             (la.cluster_name, Resource::Endpoints(eps))

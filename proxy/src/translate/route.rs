@@ -28,14 +28,92 @@ pub fn translate_route_config(rc: &RouteConfiguration) -> Result<RouteTable, Con
 }
 
 pub(crate) fn translate_route_config_in(ctx: &Ctx, rc: &RouteConfiguration) -> Result<RouteTable, ConfigError> {
-    let mut vhosts = Vec::with_capacity(rc.virtual_hosts.len());
-    let mut domains = DomainMatcher::default();
-    let mut seen: HashMap<String, String> = HashMap::new();
-    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
-        let vctx = ctx.index("virtual_hosts", i);
+    let mut b = TableBuilder::new(ctx, rc.virtual_hosts.len());
+    for vh in &rc.virtual_hosts {
+        b.add(vh)?;
+    }
+    Ok(b.finish(rc.name.clone()))
+}
+
+/// `RouteConfiguration.virtual_hosts`.
+const VIRTUAL_HOSTS: u32 = 2;
+
+/// An encoded RouteConfiguration (an RDS resource) → (name, RouteTable), one virtual host at a
+/// time: the decoded form of a whole mesh's routes (a few KB of prost structs per virtual host)
+/// never exists at once.
+pub(crate) fn translate_route_config_encoded(bytes: &[u8]) -> Result<(String, RouteTable), ConfigError> {
+    use prost::Message;
+    let cannot = |e: &dyn std::fmt::Display| {
+        ConfigError::invalid("resource", "", format!("cannot decode type.googleapis.com/{ROUTE_TYPE}: {e}"))
+    };
+    let bad = |e: prost::DecodeError| cannot(&e);
+    // Everything but the virtual hosts, decoded as one message; the virtual hosts' byte ranges.
+    let mut rest = Vec::new();
+    let mut vhosts = Vec::new();
+    let mut buf = bytes;
+    while !buf.is_empty() {
+        let start = bytes.len() - buf.len();
+        let (number, wire_type) = prost::encoding::decode_key(&mut buf).map_err(bad)?;
+        let ctx = prost::encoding::DecodeContext::default();
+        if number == VIRTUAL_HOSTS && wire_type == prost::encoding::WireType::LengthDelimited {
+            let len = prost::encoding::decode_varint(&mut buf).map_err(bad)? as usize;
+            if len > buf.len() {
+                return Err(cannot(&"buffer underflow"));
+            }
+            let at = bytes.len() - buf.len();
+            vhosts.push(at..at + len);
+            buf = &buf[len..];
+        } else {
+            prost::encoding::skip_field(wire_type, number, &mut buf, ctx).map_err(bad)?;
+            rest.extend_from_slice(&bytes[start..bytes.len() - buf.len()]);
+        }
+    }
+    let head = RouteConfiguration::decode(rest.as_slice()).map_err(bad)?;
+    super::strict::check_encoded(ROUTE_TYPE, bytes)?;
+    let ctx = Ctx::new(format!("route_config \"{}\"", head.name));
+    let mut b = TableBuilder::new(&ctx, vhosts.len());
+    for range in vhosts {
+        let vh = PbVirtualHost::decode(&bytes[range]).map_err(bad)?;
+        b.add(&vh)?;
+    }
+    Ok((head.name.clone(), b.finish(head.name)))
+}
+
+const ROUTE_TYPE: &str = "envoy.config.route.v3.RouteConfiguration";
+
+/// Compiles virtual hosts one by one into a route table.
+struct TableBuilder<'c> {
+    ctx: &'c Ctx,
+    vhosts: Vec<VirtualHost>,
+    domains: DomainMatcher,
+    /// Wildcard domain → the virtual host that has it (for the duplicate check).
+    seen: HashMap<String, usize>,
+}
+
+impl<'c> TableBuilder<'c> {
+    fn new(ctx: &'c Ctx, capacity: usize) -> Self {
+        TableBuilder {
+            ctx,
+            vhosts: Vec::with_capacity(capacity),
+            domains: DomainMatcher::default(),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, vh: &PbVirtualHost) -> Result<(), ConfigError> {
+        let i = self.vhosts.len();
+        let vctx = self.ctx.index("virtual_hosts", i);
         for (j, d) in vh.domains.iter().enumerate() {
             let d = d.to_ascii_lowercase();
-            if let Some(other) = seen.insert(d.clone(), vh.name.clone()) {
+            let domains = &mut self.domains;
+            // Exact domains are their own duplicate check; wildcards have `seen`.
+            let previous = if d == "*" || d.starts_with('*') || d.ends_with('*') {
+                self.seen.insert(d.clone(), i)
+            } else {
+                domains.exact.get(d.as_str()).copied()
+            };
+            if let Some(other) = previous {
+                let other = if other == i { &vh.name } else { &self.vhosts[other].name };
                 return Err(vctx
                     .index("domains", j)
                     .err(format!("domain \"{d}\" is also in virtual host \"{other}\"")));
@@ -52,12 +130,16 @@ pub(crate) fn translate_route_config_in(ctx: &Ctx, rc: &RouteConfiguration) -> R
                 domains.exact.insert(d, i);
             }
         }
-        vhosts.push(virtual_host(&vctx, vh)?);
+        self.vhosts.push(virtual_host(&vctx, vh)?);
+        Ok(())
     }
-    // Longest wildcard first; equal lengths keep config order.
-    domains.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-    domains.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-    Ok(RouteTable { name: rc.name.clone(), virtual_hosts: vhosts, domains })
+
+    fn finish(mut self, name: String) -> RouteTable {
+        // Longest wildcard first; equal lengths keep config order.
+        self.domains.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        self.domains.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        RouteTable { name, virtual_hosts: self.vhosts, domains: self.domains }
+    }
 }
 
 fn virtual_host(ctx: &Ctx, vh: &PbVirtualHost) -> Result<VirtualHost, ConfigError> {

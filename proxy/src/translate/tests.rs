@@ -143,3 +143,47 @@ fn every_shipped_example_compiles() {
     }
     assert!(n >= 5);
 }
+
+#[test]
+fn encoded_route_config_compiles_one_virtual_host_at_a_time_to_the_same_table() {
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use prost::Message;
+    let desc = pool().get_message_by_name("envoy.config.route.v3.RouteConfiguration").unwrap();
+    let json = serde_json::json!({"name": "80", "validate_clusters": false, "virtual_hosts": [
+        {"name": "a", "domains": ["a", "A:80", "*.a"], "routes": [
+            {"name": "x", "match": {"path": "/x"}, "route": {"cluster": "cx"}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "ca"}}]},
+        {"name": "b", "domains": ["b", "b.*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 204}}]},
+        {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]},
+    ]});
+    let bytes = prost_reflect::DynamicMessage::deserialize(desc, json).unwrap().encode_to_vec();
+    let whole = translate_route_config(&RouteConfiguration::decode(bytes.as_slice()).unwrap()).unwrap();
+    let (name, streamed) = route::translate_route_config_encoded(&bytes).unwrap();
+    assert_eq!(name, "80");
+    let shape = |t: &crate::config::RouteTable| {
+        let mut exact: Vec<_> = t.domains.exact.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        exact.sort();
+        let vhosts: Vec<_> = t
+            .virtual_hosts
+            .iter()
+            .map(|v| (v.name.clone(), v.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>()))
+            .collect();
+        (t.name.clone(), exact, t.domains.suffixes.clone(), t.domains.prefixes.clone(), t.domains.any, vhosts)
+    };
+    assert_eq!(shape(&whole), shape(&streamed));
+    assert_eq!(streamed.domains.exact.get("a:80"), Some(&0));
+
+    // The strict check and the translation errors still name the resource and the field.
+    let bad = |json: serde_json::Value| {
+        let desc = pool().get_message_by_name("envoy.config.route.v3.RouteConfiguration").unwrap();
+        let bytes = prost_reflect::DynamicMessage::deserialize(desc, json).unwrap().encode_to_vec();
+        route::translate_route_config_encoded(&bytes).err().unwrap().to_string()
+    };
+    let err = bad(serde_json::json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "cors": {}}]}));
+    assert!(err.contains("route_config \"r\"") && err.contains("virtual_hosts[0].cors"), "{err}");
+    let err = bad(serde_json::json!({"name": "r", "virtual_hosts": [
+        {"name": "v", "domains": ["x"], "routes": []}, {"name": "w", "domains": ["y", "X"]}]}));
+    assert!(err.contains("virtual_hosts[1].domains[1]") && err.contains("also in virtual host \"v\""), "{err}");
+    let err = bad(serde_json::json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["x", "x"]}]}));
+    assert!(err.contains("also in virtual host \"v\""), "{err}");
+}

@@ -83,11 +83,11 @@ impl State {
         dump: &super::XdsDump,
     ) -> Outcome {
         let t = u.type_url;
+        let started = std::time::Instant::now();
         self.types.entry(t).or_default().nonce = u.nonce.to_string();
-        let pool = crate::translate::descriptor_pool();
         let mut decoded = Vec::with_capacity(u.resources.len());
         for (given, version, any) in &u.resources {
-            match resource::decode(&pool, t, any) {
+            match resource::decode(t, any) {
                 Ok((name, _)) if given.is_some_and(|g| g != name) => {
                     let msg = format!("resource named \"{}\" carries \"{name}\"", given.unwrap_or_default());
                     return self.nack(t, msg);
@@ -96,7 +96,7 @@ impl State {
                 Err(e) => return self.nack(t, e.to_string()),
             }
         }
-        drop(pool);
+        let decoded_at = started.elapsed();
         let previous = self.store.clone();
         let mut gone: Vec<String> = u.removed.to_vec();
         if u.replace_all {
@@ -140,11 +140,13 @@ impl State {
             HashSet::new()
         };
         let subs = self.refresh_subscriptions();
+        let stored_at = started.elapsed();
         if let Err(e) = apply(self.inputs(), &changed) {
             self.store = previous;
             self.refresh_subscriptions();
             return self.nack(t, e);
         }
+        let applied_at = started.elapsed();
         {
             let now = crate::telemetry::access_log::now_rfc3339();
             let mut res = dump.resources.lock().unwrap();
@@ -161,6 +163,15 @@ impl State {
         let ts = self.types.entry(t).or_default();
         ts.version = u.version.to_string();
         ts.accepted = true;
+        tracing::debug!(
+            type_url = t,
+            resources = u.resources.len(),
+            decode_ms = decoded_at.as_secs_f64() * 1e3,
+            store_ms = (stored_at - decoded_at).as_secs_f64() * 1e3,
+            apply_ms = (applied_at - stored_at).as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "xDS update applied"
+        );
         Outcome { error: None, subs }
     }
 

@@ -170,13 +170,12 @@ fn config_compile(c: &mut Criterion) {
     group.finish();
 
     let reg = scale_registry(SERVICES);
-    let pool = outrigger_proxy::translate::descriptor_pool();
     let proxy = ProxyInfo {
         id: "sidecar~10.0.0.1~bench.scale~scale.svc.cluster.local".into(),
         namespace: "scale".into(),
         ..Default::default()
     };
-    let full = generate_with(&reg, &proxy, &pool, false).expect("configuration generates");
+    let full = generate_with(&reg, &proxy, false).expect("configuration generates");
     assert_eq!(full[CLUSTER].len(), SERVICES + 3);
     assert_eq!(full[ENDPOINT].len(), SERVICES);
     drop(full);
@@ -185,7 +184,7 @@ fn config_compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("xds_generate_10k_services");
     group.sampling_mode(SamplingMode::Flat).sample_size(10).measurement_time(Duration::from_secs(3));
     group.bench_function("generate_with", |b| {
-        b.iter(|| generate_with(black_box(&reg), black_box(&proxy), &pool, false).unwrap())
+        b.iter(|| generate_with(black_box(&reg), black_box(&proxy), false).unwrap())
     });
     group.bench_function("load_assignments", |b| b.iter(|| load_assignments(black_box(&reg), meta, se)));
     group.finish();

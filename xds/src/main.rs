@@ -74,11 +74,10 @@ fn main() -> ExitCode {
 fn validate(dir: &std::path::Path) -> ExitCode {
     match load_dir(dir) {
         Ok(reg) => {
-            let pool = outrigger_proxy::translate::descriptor_pool();
             // Both kinds of client: a sidecar, and a proxyless gRPC client (API listeners).
             let sidecar = ProxyInfo { namespace: "default".into(), ..Default::default() };
             let grpc = ProxyInfo { proxyless: true, ..sidecar.clone() };
-            match generate(&reg, &sidecar, &pool).and_then(|_| generate(&reg, &grpc, &pool)) {
+            match generate(&reg, &sidecar).and_then(|_| generate(&reg, &grpc)) {
                 Ok(_) => {
                     println!("{}: OK", dir.display());
                     ExitCode::SUCCESS

@@ -18,7 +18,6 @@ use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress,
 };
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
-use prost_reflect::DescriptorPool;
 
 use crate::istio::model::{
     DestinationRule, Metadata, OutboundMode, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
@@ -277,19 +276,14 @@ fn outbound_mode(reg: &Registry, proxy: &ProxyInfo) -> OutboundMode {
 
 /// Generates the full configuration for one proxy, each resource checked with the proxy's own
 /// translation (what `validate` and the tests use).
-pub fn generate(reg: &Registry, proxy: &ProxyInfo, pool: &DescriptorPool) -> Result<Resources, GenerateError> {
-    generate_with(reg, proxy, pool, true)
+pub fn generate(reg: &Registry, proxy: &ProxyInfo) -> Result<Resources, GenerateError> {
+    generate_with(reg, proxy, true)
 }
 
 /// As [`generate`]; `check: false` skips the per-resource acceptance check, which costs about
 /// as much as generating (serving relies on `validate` and the tests having run it, and on
 /// proxies NACKing anything they refuse while keeping their last good config).
-pub fn generate_with(
-    reg: &Registry,
-    proxy: &ProxyInfo,
-    pool: &DescriptorPool,
-    check: bool,
-) -> Result<Resources, GenerateError> {
+pub fn generate_with(reg: &Registry, proxy: &ProxyInfo, check: bool) -> Result<Resources, GenerateError> {
     let idx = Index::new(reg, proxy);
     let mode = outbound_mode(reg, proxy);
     let (cl, eps) = clusters::clusters(&idx, mode);
@@ -308,7 +302,7 @@ pub fn generate_with(
                 if *t == LISTENER && is_api_listener(name) {
                     continue;
                 }
-                outrigger_proxy::translate::resource::decode(pool, t, any).map_err(|e| GenerateError {
+                outrigger_proxy::translate::resource::decode(t, any).map_err(|e| GenerateError {
                     resource: name.clone(),
                     message: format!("generated an invalid resource: {e}"),
                 })?;

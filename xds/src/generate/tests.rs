@@ -24,7 +24,7 @@ fn proxy(labels: &[(&str, &str)]) -> ProxyInfo {
 /// Generated resources back as JSON, by type and name.
 fn generated(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
     let pool = outrigger_proxy::translate::descriptor_pool();
-    let res = generate(reg, p, &pool).unwrap();
+    let res = generate(reg, p).unwrap();
     res.into_iter()
         .map(|(t, by)| {
             (t, by.into_iter().map(|(n, a)| (n, outrigger_proxy::translate::resource::to_json(&pool, &a))).collect())
@@ -211,7 +211,6 @@ pub(crate) fn scale_registry(services: usize) -> Registry {
 #[ignore]
 fn generation_time_10k_services() {
     let reg = scale_registry(10_000);
-    let pool = outrigger_proxy::translate::descriptor_pool();
     let p = ProxyInfo { namespace: "scale".into(), ..Default::default() };
     // On-CPU time of this thread as well as wall time: the machine may be busy with other work.
     let cpu = || -> Option<std::time::Duration> {
@@ -221,7 +220,7 @@ fn generation_time_10k_services() {
     let (mut wall, mut on_cpu) = (vec![], vec![]);
     for _ in 0..7 {
         let (t, c) = (std::time::Instant::now(), cpu());
-        let res = generate_with(&reg, &p, &pool, false).unwrap();
+        let res = generate_with(&reg, &p, false).unwrap();
         wall.push(t.elapsed());
         on_cpu.extend(c.zip(cpu()).map(|(a, b)| b - a));
         assert_eq!(res[CLUSTER].len(), 10_000 + 3);
@@ -241,8 +240,7 @@ fn generation_time_10k_services() {
 #[test]
 fn load_assignments_are_the_ones_generate_serves() {
     let reg = bookinfo();
-    let pool = outrigger_proxy::translate::descriptor_pool();
-    let res = generate(&reg, &proxy(&[("app", "productpage"), ("version", "v1")]), &pool).unwrap();
+    let res = generate(&reg, &proxy(&[("app", "productpage"), ("version", "v1")])).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for (meta, se) in &reg.service_entries {
         for (name, any) in load_assignments(&reg, meta, se) {

@@ -230,7 +230,7 @@ impl AggregatedDiscoveryService for Ads {
 
 fn regenerate(control: &Control, s: &mut Stream1) -> Result<(), String> {
     let Some(p) = &s.proxy else { return Ok(()) };
-    s.resources = served_for(&control.cache, &control.pool, p)?;
+    s.resources = served_for(&control.cache, p)?;
     Ok(())
 }
 
@@ -247,7 +247,7 @@ pub fn dump_for(control: &Control, proxy_id: &str) -> Option<serde_json::Value> 
         let p = proxies.values().find(|p| p.id == proxy_id)?;
         p.info.clone()
     };
-    let res = generate(&control.registry(), &info, &control.pool).ok()?;
+    let res = generate(&control.registry(), &info).ok()?;
     let mut out = serde_json::Map::new();
     for (t, by_name) in res {
         let list: Vec<_> =

@@ -98,11 +98,7 @@ impl Cache {
 
 /// The configuration for `proxy` at the current generation, generated at most once per class
 /// (streams of one class that ask together wait for the same generation).
-pub fn served_for(
-    cache: &std::sync::Mutex<Cache>,
-    pool: &prost_reflect::DescriptorPool,
-    proxy: &ProxyInfo,
-) -> Result<Arc<Served>, String> {
+pub fn served_for(cache: &std::sync::Mutex<Cache>, proxy: &ProxyInfo) -> Result<Arc<Served>, String> {
     let (registry, cell) = {
         let mut c = cache.lock().unwrap();
         let cell = c.classes.entry(class_key(proxy)).or_default().clone();
@@ -110,7 +106,7 @@ pub fn served_for(
     };
     cell.get_or_init(|| {
         let started = std::time::Instant::now();
-        let r = crate::generate::generate_with(&registry, proxy, pool, false).map(|r| Arc::new(served(r)));
+        let r = crate::generate::generate_with(&registry, proxy, false).map(|r| Arc::new(served(r)));
         tracing::debug!(proxy = %proxy.id, ms = started.elapsed().as_millis() as u64, "configuration generated");
         r.map_err(|e| e.to_string())
     })

@@ -50,7 +50,7 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
                             conn,
                             ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), info: info.clone(), ..Default::default() },
                         );
-                        match served_for(&control.cache, &control.pool, &info) {
+                        match served_for(&control.cache, &info) {
                             Ok(res) => resources = res,
                             Err(e) => tracing::error!(error = %e, "cannot generate configuration for a proxy"),
                         }
@@ -78,7 +78,7 @@ pub fn stream(control: Arc<Control>, mut inbound: tonic::Streaming<DeltaDiscover
                     if changed.is_err() { break }
                     let start = std::time::Instant::now();
                     let Some(p) = &proxy else { continue };
-                    match served_for(&control.cache, &control.pool, p) {
+                    match served_for(&control.cache, p) {
                         Ok(res) => resources = res,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot generate configuration for a proxy");

@@ -62,11 +62,11 @@ pub fn decode(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigErr
 }
 
 /// A resource as proto3 JSON, for `/config_dump`.
-pub fn to_json(pool: &DescriptorPool, any: &Any) -> serde_json::Value {
-    let Some(desc) = pool.get_message_by_name(super::type_name(&any.type_url)) else {
+pub fn to_json(pool: &DescriptorPool, type_url: &str, value: &[u8]) -> serde_json::Value {
+    let Some(desc) = pool.get_message_by_name(super::type_name(type_url)) else {
         return serde_json::Value::Null;
     };
-    let Ok(dynamic) = DynamicMessage::decode(desc, any.value.as_slice()) else { return serde_json::Value::Null };
+    let Ok(dynamic) = DynamicMessage::decode(desc, value) else { return serde_json::Value::Null };
     let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true);
     let mut ser = serde_json::Serializer::new(Vec::new());
     if dynamic.serialize_with_options(&mut ser, &opts).is_err() {
@@ -74,7 +74,7 @@ pub fn to_json(pool: &DescriptorPool, any: &Any) -> serde_json::Value {
     }
     let mut v: serde_json::Value = serde_json::from_slice(&ser.into_inner()).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        o.insert("@type".into(), serde_json::Value::String(any.type_url.clone()));
+        o.insert("@type".into(), serde_json::Value::String(type_url.to_string()));
     }
     v
 }

@@ -56,7 +56,7 @@ impl XdsDump {
                         "name": name,
                         "version_info": &*e.version,
                         "last_updated": &*e.updated,
-                        "resource": crate::translate::resource::to_json(&pool, type_url, &e.resource),
+                        "resource": crate::translate::resource::to_json_encoded(&pool, type_url, &e.resource),
                     })
                 })
                 .collect();

@@ -17,7 +17,7 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<Listener>>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// RDS route tables by name: a request on an existing connection routes with the current one.
-    pub rds: HashMap<String, Arc<RouteTable>>,
+    pub rds: Arc<HashMap<String, Arc<RouteTable>>>,
     pub source: crate::translate::SourceConfig,
 }
 
@@ -69,11 +69,12 @@ pub struct Inputs {
     pub node_id: String,
     pub node_cluster: String,
     pub listeners: Vec<ListenerConfig>,
-    pub clusters: Vec<config::ClusterConfig>,
+    /// Shared with the xDS store: a cluster built from one keeps it as its config.
+    pub clusters: Vec<Arc<config::ClusterConfig>>,
     /// RDS route tables by name.
-    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub routes: Arc<HashMap<String, Arc<RouteTable>>>,
     /// EDS endpoints by service name.
-    pub endpoints: HashMap<String, Vec<config::EndpointConfig>>,
+    pub endpoints: Arc<HashMap<String, Arc<[config::EndpointConfig]>>>,
     pub source: crate::translate::SourceConfig,
 }
 
@@ -84,9 +85,9 @@ impl Inputs {
             node_id: b.node_id,
             node_cluster: b.node_cluster,
             listeners: b.listeners,
-            clusters: b.clusters,
-            routes: HashMap::new(),
-            endpoints: HashMap::new(),
+            clusters: b.clusters.into_iter().map(Arc::new).collect(),
+            routes: Default::default(),
+            endpoints: Default::default(),
             source: b.source,
         }
     }
@@ -102,31 +103,31 @@ impl Snapshot {
     /// version (if any) stays. Unchanged clusters keep their runtime object, so their connection
     /// pools survive the update, and an endpoint change keeps the endpoints that remain.
     pub fn build_from(inputs: Inputs, previous: Option<&Snapshot>) -> Result<Snapshot, BuildError> {
-        let mut clusters = HashMap::new();
-        for mut c in inputs.clusters {
-            if let config::DiscoveryType::Eds(service) = &c.discovery {
-                match inputs.endpoints.get(service) {
-                    Some(eps) => c.endpoints = eps.clone(),
+        let mut clusters = HashMap::with_capacity(inputs.clusters.len());
+        for c in inputs.clusters {
+            let eds = match &c.discovery {
+                config::DiscoveryType::Eds(service) => match inputs.endpoints.get(service) {
+                    Some(eps) => Some(eps),
                     None => {
                         if let Some(old) = previous.and_then(|p| p.clusters.get(&c.name)) {
                             clusters.insert(c.name.clone(), old.clone());
                         }
                         continue;
                     }
-                }
-            }
+                },
+                _ => None,
+            };
             let reused =
                 previous.and_then(|p| p.clusters.get(&c.name)).filter(|old| same_but_endpoints(&old.config, &c));
-            let cluster = match reused {
-                Some(old) => {
-                    if matches!(c.discovery, config::DiscoveryType::Eds(_)) {
-                        old.update_endpoints(c.endpoints.iter().filter_map(ip_endpoint).collect());
-                    }
+            let cluster = match (reused, eds) {
+                (Some(old), Some(eps)) => {
+                    old.update_endpoints(eps.iter().filter_map(ip_endpoint).collect());
                     old.clone()
                 }
-                None => Cluster::new(c.clone()),
+                (Some(old), None) => old.clone(),
+                (None, eds) => Cluster::from_shared(c.clone(), eds.map(|e| &e[..])),
             };
-            clusters.insert(c.name, cluster);
+            clusters.insert(c.name.clone(), cluster);
         }
         let mut listeners = Vec::new();
         for l in inputs.listeners {
@@ -189,7 +190,10 @@ impl Snapshot {
     }
 }
 
-fn same_but_endpoints(a: &config::ClusterConfig, b: &config::ClusterConfig) -> bool {
+fn same_but_endpoints(a: &Arc<config::ClusterConfig>, b: &Arc<config::ClusterConfig>) -> bool {
+    if Arc::ptr_eq(a, b) {
+        return true;
+    }
     a.name == b.name
         && a.discovery == b.discovery
         && a.lb == b.lb

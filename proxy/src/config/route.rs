@@ -17,7 +17,7 @@ pub struct RouteTable {
 /// (longest first), then `*`.
 #[derive(Debug, Default)]
 pub struct DomainMatcher {
-    pub exact: HashMap<String, usize>,
+    pub exact: ExactDomains,
     /// (suffix including the dot, vhost), longest suffix first.
     pub suffixes: Vec<(String, usize)>,
     /// (prefix including the dot, vhost), longest prefix first.
@@ -25,11 +25,105 @@ pub struct DomainMatcher {
     pub any: Option<usize>,
 }
 
+/// Exact domains → virtual host. A mesh has tens of thousands of domains, so they are kept
+/// compactly: the names one after the other in one string, and an open-addressing table (linear
+/// probing, at most half full, keyed with the same randomly seeded SipHash as `HashMap`) of
+/// indexes into them.
+#[derive(Debug, Default)]
+pub struct ExactDomains {
+    text: String,
+    /// Per domain: (end of its name in `text`, virtual host); a name starts where the previous
+    /// one ends.
+    entries: Vec<(u32, u32)>,
+    /// Entry index + 1, 0 when empty; a power of two long.
+    slots: Vec<u32>,
+    hasher: std::hash::RandomState,
+}
+
+impl ExactDomains {
+    fn name(&self, entry: usize) -> &str {
+        let start = if entry == 0 { 0 } else { self.entries[entry - 1].0 as usize };
+        &self.text[start..self.entries[entry].0 as usize]
+    }
+
+    fn home(&self, name: &str) -> usize {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(name) as usize & (self.slots.len() - 1)
+    }
+
+    /// The virtual host of domain `host`.
+    pub fn get(&self, host: &str) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(host);
+        loop {
+            let e = self.slots[i] as usize;
+            if e == 0 {
+                return None;
+            }
+            if self.name(e - 1) == host {
+                return Some(self.entries[e - 1].1 as usize);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds `domain` → `vhost`, unless the domain is there already: then returns its virtual host.
+    pub fn insert(&mut self, domain: &str, vhost: usize) -> Option<usize> {
+        if let Some(v) = self.get(domain) {
+            return Some(v);
+        }
+        self.text.push_str(domain);
+        self.entries.push((self.text.len() as u32, vhost as u32));
+        if self.entries.len() * 2 > self.slots.len() {
+            self.slots = vec![0; (self.slots.len() * 2).max(8)];
+            for e in 0..self.entries.len() {
+                self.place(e);
+            }
+        } else {
+            self.place(self.entries.len() - 1);
+        }
+        None
+    }
+
+    fn place(&mut self, entry: usize) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(self.name(entry));
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = entry as u32 + 1;
+    }
+
+    /// Gives back the spare capacity of building.
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.entries.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// (domain, virtual host), in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
+        (0..self.entries.len()).map(|e| (self.name(e), self.entries[e].1 as usize))
+    }
+}
+
 #[derive(Debug)]
 pub struct VirtualHost {
-    pub name: String,
-    pub routes: Vec<Route>,
-    pub index: RouteIndex,
+    pub name: Box<str>,
+    pub routes: Box<[Route]>,
+    /// Only for virtual hosts with more than [`RouteIndex::MIN_ROUTES`] routes; fewer are
+    /// scanned in order.
+    pub index: Option<Box<RouteIndex>>,
 }
 
 /// Candidate routes for a path, by index, so that thousands of prefix/exact routes cost a few hash
@@ -45,6 +139,14 @@ pub struct RouteIndex {
 }
 
 impl RouteIndex {
+    /// Below this many routes a scan is as fast as the index and needs no memory.
+    pub const MIN_ROUTES: usize = 16;
+
+    /// The index for `routes`, when they are that many.
+    pub fn for_routes(routes: &[Route]) -> Option<Box<RouteIndex>> {
+        (routes.len() > Self::MIN_ROUTES).then(|| Box::new(Self::build(routes)))
+    }
+
     pub fn build(routes: &[Route]) -> RouteIndex {
         let mut idx = RouteIndex::default();
         for (i, r) in routes.iter().enumerate() {
@@ -193,4 +295,27 @@ pub struct Redirect {
     pub prefix_rewrite: Option<String>,
     pub status: StatusCode,
     pub strip_query: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExactDomains;
+
+    #[test]
+    fn exact_domains_find_what_was_added_and_report_duplicates() {
+        let mut d = ExactDomains::default();
+        assert_eq!(d.get("a"), None);
+        for i in 0..5000 {
+            assert_eq!(d.insert(&format!("svc-{i}.ns.svc.cluster.local:{}", i % 7), i), None);
+        }
+        assert_eq!(d.insert("svc-42.ns.svc.cluster.local:0", 9), Some(42));
+        d.shrink_to_fit();
+        assert_eq!(d.len(), 5000);
+        for i in 0..5000 {
+            assert_eq!(d.get(&format!("svc-{i}.ns.svc.cluster.local:{}", i % 7)), Some(i));
+            assert_eq!(d.get(&format!("svc-{i}.ns.svc.cluster.local:{}", i % 7 + 1)), None);
+        }
+        assert_eq!(d.get(""), None);
+        assert_eq!(d.iter().nth(3), Some(("svc-3.ns.svc.cluster.local:3", 3)));
+    }
 }

@@ -33,7 +33,6 @@ pub fn virtual_host<'t>(table: &'t RouteTable, host: &str) -> Option<&'t Virtual
     let idx = d
         .exact
         .get(host)
-        .copied()
         .or_else(|| d.suffixes.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())).map(|x| x.1))
         .or_else(|| d.prefixes.iter().find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str())).map(|x| x.1))
         .or(d.any)?;
@@ -41,7 +40,10 @@ pub fn virtual_host<'t>(table: &'t RouteTable, host: &str) -> Option<&'t Virtual
 }
 
 pub fn route<'t>(vh: &'t VirtualHost, input: &RouteInput<'_>) -> Option<&'t Route> {
-    let idx = &vh.index;
+    let Some(idx) = vh.index.as_deref() else {
+        // A few routes: the first that matches completely, in config order.
+        return vh.routes.iter().find(|r| full_match(r, input));
+    };
     let path = input.path;
     // Candidates in config order: the first one that matches completely wins.
     let mut best: Option<u32> = None;
@@ -191,5 +193,49 @@ mod tests {
         assert_eq!(pick(&Method::POST, "svc"), "post");
         assert_eq!(pick(&Method::GET, "api.example.com"), "api");
         assert_eq!(pick(&Method::GET, "svc"), "rest");
+    }
+
+    #[test]
+    fn small_virtual_hosts_are_scanned_with_the_same_result_as_the_index() {
+        let mut routes = Vec::new();
+        for i in 0..40 {
+            routes.push(serde_json::json!({"name": format!("p{i}"), "match": {"prefix": format!("/p/{i}")}, "direct_response": {"status": 200}}));
+            routes.push(serde_json::json!({"name": format!("e{i}"), "match": {"path": format!("/e/{i}")}, "direct_response": {"status": 200}}));
+            if i % 5 == 0 {
+                routes.push(serde_json::json!({"name": format!("r{i}"), "match": {"safe_regex": {"regex": format!("/r/{i}.*")}}, "direct_response": {"status": 200}}));
+                routes.push(serde_json::json!({"name": format!("i{i}"), "match": {"prefix": format!("/P/{i}"), "case_sensitive": false}, "direct_response": {"status": 200}}));
+            }
+        }
+        routes.push(serde_json::json!({"name": "rest", "match": {"prefix": "/"}, "direct_response": {"status": 200}}));
+        let mut t = table(
+            serde_json::json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]}),
+        );
+        assert!(t.virtual_hosts[0].index.is_some());
+        let h = HeaderMap::new();
+        let paths: Vec<String> = (0..45)
+            .flat_map(|i| {
+                [
+                    format!("/p/{i}"),
+                    format!("/p/{i}/x"),
+                    format!("/e/{i}"),
+                    format!("/r/{i}x"),
+                    format!("/p/{i}/"),
+                    format!("/e/{i}/"),
+                ]
+            })
+            .chain(["/", "/x", "/e", "/p"].map(String::from))
+            .collect();
+        let pick = |t: &RouteTable, p: &str| {
+            select(
+                t,
+                &RouteInput { host: "h", path: p, query: None, method: &Method::GET, scheme: "http", headers: &h },
+            )
+            .map(|r| r.name.clone())
+        };
+        let indexed: Vec<_> = paths.iter().map(|p| pick(&t, p)).collect();
+        t.virtual_hosts[0].index = None;
+        let scanned: Vec<_> = paths.iter().map(|p| pick(&t, p)).collect();
+        assert_eq!(indexed, scanned);
+        assert_eq!(scanned[0].as_deref(), Some("p0"));
     }
 }

@@ -24,9 +24,17 @@ pub enum Resource {
     Endpoints(Vec<EndpointConfig>),
 }
 
+/// Decodes, checks and translates one resource of `type_url`; returns its name. The pool is not
+/// needed any more (see [`decode_resource`]); this form stays for callers that have one.
+pub fn decode(pool: &DescriptorPool, type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
+    let _ = pool;
+    decode_resource(type_url, any)
+}
+
 /// Decodes, checks and translates one resource of `type_url`; returns its name. The strict check
-/// runs on the encoded bytes (no descriptor pool), after prost has decoded them.
-pub fn decode(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
+/// runs on the encoded bytes against a static descriptor table (no descriptor pool), after prost
+/// has decoded them.
+pub fn decode_resource(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
     if any.type_url != type_url {
         return Err(ConfigError::invalid("resource", "", format!("type {} in a {type_url} response", any.type_url)));
     }
@@ -63,10 +71,15 @@ pub fn decode(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigErr
 
 /// A resource as proto3 JSON, for `/config_dump`.
 pub fn to_json(pool: &DescriptorPool, any: &Any) -> serde_json::Value {
-    let Some(desc) = pool.get_message_by_name(super::type_name(&any.type_url)) else {
+    to_json_encoded(pool, &any.type_url, &any.value)
+}
+
+/// An encoded resource of `type_url` as proto3 JSON.
+pub fn to_json_encoded(pool: &DescriptorPool, type_url: &str, value: &[u8]) -> serde_json::Value {
+    let Some(desc) = pool.get_message_by_name(super::type_name(type_url)) else {
         return serde_json::Value::Null;
     };
-    let Ok(dynamic) = DynamicMessage::decode(desc, any.value.as_slice()) else { return serde_json::Value::Null };
+    let Ok(dynamic) = DynamicMessage::decode(desc, value) else { return serde_json::Value::Null };
     let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true);
     let mut ser = serde_json::Serializer::new(Vec::new());
     if dynamic.serialize_with_options(&mut ser, &opts).is_err() {
@@ -74,7 +87,7 @@ pub fn to_json(pool: &DescriptorPool, any: &Any) -> serde_json::Value {
     }
     let mut v: serde_json::Value = serde_json::from_slice(&ser.into_inner()).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
-        o.insert("@type".into(), serde_json::Value::String(any.type_url.clone()));
+        o.insert("@type".into(), serde_json::Value::String(type_url.to_string()));
     }
     v
 }

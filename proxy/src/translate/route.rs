@@ -110,10 +110,10 @@ impl<'c> TableBuilder<'c> {
             let previous = if d == "*" || d.starts_with('*') || d.ends_with('*') {
                 self.seen.insert(d.clone(), i)
             } else {
-                domains.exact.get(d.as_str()).copied()
+                domains.exact.get(&d)
             };
             if let Some(other) = previous {
-                let other = if other == i { &vh.name } else { &self.vhosts[other].name };
+                let other = if other == i { vh.name.as_str() } else { &self.vhosts[other].name };
                 return Err(vctx
                     .index("domains", j)
                     .err(format!("domain \"{d}\" is also in virtual host \"{other}\"")));
@@ -127,7 +127,7 @@ impl<'c> TableBuilder<'c> {
             } else if d.is_empty() {
                 return Err(vctx.index("domains", j).err("empty domain"));
             } else {
-                domains.exact.insert(d, i);
+                domains.exact.insert(&d, i);
             }
         }
         self.vhosts.push(virtual_host(&vctx, vh)?);
@@ -136,6 +136,7 @@ impl<'c> TableBuilder<'c> {
 
     fn finish(mut self, name: String) -> RouteTable {
         // Longest wildcard first; equal lengths keep config order.
+        self.domains.exact.shrink_to_fit();
         self.domains.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         self.domains.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         RouteTable { name, virtual_hosts: self.vhosts, domains: self.domains }
@@ -148,8 +149,8 @@ fn virtual_host(ctx: &Ctx, vh: &PbVirtualHost) -> Result<VirtualHost, ConfigErro
     }
     let routes =
         vh.routes.iter().enumerate().map(|(i, r)| route(&ctx.index("routes", i), r)).collect::<Result<Vec<_>, _>>()?;
-    let index = RouteIndex::build(&routes);
-    Ok(VirtualHost { name: vh.name.clone(), routes, index })
+    let index = RouteIndex::for_routes(&routes);
+    Ok(VirtualHost { name: vh.name.as_str().into(), routes: routes.into_boxed_slice(), index })
 }
 
 fn route(ctx: &Ctx, r: &PbRoute) -> Result<Route, ConfigError> {

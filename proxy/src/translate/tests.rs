@@ -161,17 +161,17 @@ fn encoded_route_config_compiles_one_virtual_host_at_a_time_to_the_same_table() 
     let (name, streamed) = route::translate_route_config_encoded(&bytes).unwrap();
     assert_eq!(name, "80");
     let shape = |t: &crate::config::RouteTable| {
-        let mut exact: Vec<_> = t.domains.exact.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut exact: Vec<_> = t.domains.exact.iter().map(|(k, v)| (k.to_string(), v)).collect();
         exact.sort();
         let vhosts: Vec<_> = t
             .virtual_hosts
             .iter()
-            .map(|v| (v.name.clone(), v.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>()))
+            .map(|v| (v.name.to_string(), v.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>()))
             .collect();
         (t.name.clone(), exact, t.domains.suffixes.clone(), t.domains.prefixes.clone(), t.domains.any, vhosts)
     };
     assert_eq!(shape(&whole), shape(&streamed));
-    assert_eq!(streamed.domains.exact.get("a:80"), Some(&0));
+    assert_eq!(streamed.domains.exact.get("a:80"), Some(0));
 
     // The strict check and the translation errors still name the resource and the field.
     let bad = |json: serde_json::Value| {

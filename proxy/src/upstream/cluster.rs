@@ -13,7 +13,8 @@ use crate::telemetry::stats::ClusterStats;
 
 #[derive(Debug)]
 pub struct Cluster {
-    pub config: ClusterConfig,
+    /// Shared with the xDS store. An EDS cluster's endpoints are in `endpoints` only.
+    pub config: Arc<ClusterConfig>,
     pub endpoints: ArcSwap<EndpointSet>,
     pub stats: ClusterStats,
     pub(crate) rr: AtomicUsize,
@@ -49,8 +50,13 @@ impl EndpointSet {
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Arc<Cluster> {
-        let list = config
-            .endpoints
+        Cluster::from_shared(Arc::new(config), None)
+    }
+
+    /// A cluster of `config`, with the EDS endpoints `eds` (else the configured ones).
+    pub fn from_shared(config: Arc<ClusterConfig>, eds: Option<&[EndpointConfig]>) -> Arc<Cluster> {
+        let list = eds
+            .unwrap_or(&config.endpoints)
             .iter()
             .filter_map(|e| match e {
                 EndpointConfig::Ip { addr, weight } => Some(Endpoint::new(*addr, *weight)),

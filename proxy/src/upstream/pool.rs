@@ -40,7 +40,11 @@ struct Slot {
     h2: Option<http2::SendRequest<Incoming>>,
 }
 
-pub struct Pool {
+/// Allocated on first use: a mesh config has tens of thousands of endpoints, most never used by
+/// a given sidecar.
+pub struct Pool(std::sync::OnceLock<Box<PoolInner>>);
+
+struct PoolInner {
     slots: Box<[Mutex<Slot>]>,
     /// Held while an HTTP/2 connection is being opened, so that concurrent first requests wait
     /// for that one connection instead of each opening their own.
@@ -61,16 +65,23 @@ impl Default for Pool {
 
 impl Pool {
     pub fn new() -> Pool {
-        let n = WORKERS.load(Ordering::Relaxed);
-        Pool {
-            slots: (0..n).map(|_| Mutex::new(Slot::default())).collect(),
-            h2_connecting: tokio::sync::Mutex::new(()),
-        }
+        Pool(std::sync::OnceLock::new())
+    }
+
+    fn inner(&self) -> &PoolInner {
+        self.0.get_or_init(|| {
+            let n = WORKERS.load(Ordering::Relaxed);
+            Box::new(PoolInner {
+                slots: (0..n).map(|_| Mutex::new(Slot::default())).collect(),
+                h2_connecting: tokio::sync::Mutex::new(()),
+            })
+        })
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        let i = worker_id() % self.slots.len();
-        self.slots[i].lock().unwrap_or_else(|e| e.into_inner())
+        let slots = &self.inner().slots;
+        let i = worker_id() % slots.len();
+        slots[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An idle HTTP/1.1 connection that the peer has not closed and that has not been idle for
@@ -110,7 +121,7 @@ impl Pool {
 
     /// Serialises opening HTTP/2 connections to this endpoint; check [`Pool::h2`] again once held.
     pub async fn h2_connect_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.h2_connecting.lock().await
+        self.inner().h2_connecting.lock().await
     }
 
     pub fn set_h2(&self, c: http2::SendRequest<Incoming>) {
@@ -118,7 +129,8 @@ impl Pool {
     }
 
     pub fn idle_h1(&self) -> usize {
-        self.slots.iter().map(|s| s.lock().map(|s| s.h1.len()).unwrap_or(0)).sum()
+        let Some(inner) = self.0.get() else { return 0 };
+        inner.slots.iter().map(|s| s.lock().map(|s| s.h1.len()).unwrap_or(0)).sum()
     }
 }
 

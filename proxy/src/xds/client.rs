@@ -6,7 +6,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::rpc::Status;
 use tokio::sync::mpsc;
@@ -103,8 +103,8 @@ async fn sotw_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
     }
     let mut stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
     metrics().xds_connected.set(1);
-    while let Some(resp) = stream.message().await? {
-        let out = handle_sotw(app, state, &resp);
+    while let Some(mut resp) = stream.message().await? {
+        let out = handle_sotw(app, state, &mut resp);
         let t = type_key(&resp.type_url).unwrap_or(LISTENER);
         record(app, state, &resp.type_url, &out);
         tx.send(sotw_request(state, t, &resp.nonce, &out.error))?;
@@ -116,15 +116,16 @@ async fn sotw_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn handle_sotw(app: &Arc<App>, state: &mut State, resp: &DiscoveryResponse) -> Outcome {
+fn handle_sotw(app: &Arc<App>, state: &mut State, resp: &mut DiscoveryResponse) -> Outcome {
     let Some(t) = type_key(&resp.type_url) else {
         return Outcome { error: Some(format!("unsupported type {}", resp.type_url)), subs: vec![] };
     };
+    let DiscoveryResponse { version_info, nonce, resources, .. } = resp;
     let update = Update {
         type_url: t,
-        version: &resp.version_info,
-        nonce: &resp.nonce,
-        resources: resp.resources.iter().map(|a| (None, "", a)).collect(),
+        version: version_info,
+        nonce,
+        resources: resources.iter_mut().map(|a| (None, "", a)).collect(),
         removed: &[],
         replace_all: matches!(t, LISTENER | CLUSTER),
     };
@@ -145,7 +146,7 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
             .lock()
             .unwrap()
             .get(t)
-            .map(|m| m.iter().map(|(n, e)| (n.clone(), e.version.clone())).collect())
+            .map(|m| m.iter().map(|(n, e)| (n.to_string(), e.version.to_string())).collect())
             .unwrap_or_default();
         let names = state.types.get(t).map(|s| s.names.iter().cloned().collect()).unwrap_or_default();
         tx.send(DeltaDiscoveryRequest {
@@ -158,8 +159,8 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
     }
     let mut stream = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
     metrics().xds_connected.set(1);
-    while let Some(resp) = stream.message().await? {
-        let out = handle_delta(app, state, &resp, &dump);
+    while let Some(mut resp) = stream.message().await? {
+        let out = handle_delta(app, state, &mut resp, &dump);
         record(app, state, &resp.type_url, &out);
         tx.send(DeltaDiscoveryRequest {
             type_url: resp.type_url.clone(),
@@ -182,25 +183,27 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
 fn handle_delta(
     app: &Arc<App>,
     state: &mut State,
-    resp: &DeltaDiscoveryResponse,
+    resp: &mut DeltaDiscoveryResponse,
     dump: &Arc<super::XdsDump>,
 ) -> Outcome {
     let Some(t) = type_key(&resp.type_url) else {
         return Outcome { error: Some(format!("unsupported type {}", resp.type_url)), subs: vec![] };
     };
-    let mut resources = Vec::with_capacity(resp.resources.len());
-    for r in &resp.resources {
-        match &r.resource {
-            Some(any) => resources.push((Some(r.name.as_str()), r.version.as_str(), any)),
-            None => return Outcome { error: Some(format!("resource \"{}\" has no body", r.name)), subs: vec![] },
+    let DeltaDiscoveryResponse { system_version_info, nonce, resources: rs, removed_resources, .. } = resp;
+    let mut resources = Vec::with_capacity(rs.len());
+    for r in rs.iter_mut() {
+        let Resource { name, version, resource, .. } = r;
+        match resource {
+            Some(any) => resources.push((Some(name.as_str()), version.as_str(), any)),
+            None => return Outcome { error: Some(format!("resource \"{name}\" has no body")), subs: vec![] },
         }
     }
     let update = Update {
         type_url: t,
-        version: &resp.system_version_info,
-        nonce: &resp.nonce,
+        version: system_version_info,
+        nonce,
         resources,
-        removed: &resp.removed_resources,
+        removed: removed_resources,
         replace_all: false,
     };
     state.handle(update, |inputs, changed| app.apply(inputs, changed).map_err(|e| format!("{e:#}")), dump)

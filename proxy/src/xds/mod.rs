@@ -7,9 +7,7 @@ mod client;
 mod state;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use envoy_types::pb::google::protobuf::Any;
+use std::sync::{Arc, Mutex};
 
 pub use client::run;
 
@@ -30,18 +28,19 @@ pub fn node(
     }
 }
 
-/// One accepted resource: the version it came with, when, and the resource itself.
+/// One accepted resource: the version it came with, when, and the resource itself (encoded; its
+/// type is the key it is filed under). Version and time are shared by the resources of one update.
 pub struct DumpEntry {
-    pub version: String,
-    pub updated: String,
-    pub resource: Any,
+    pub version: Arc<str>,
+    pub updated: Arc<str>,
+    pub resource: Box<[u8]>,
 }
 
 /// Resources as received (with version and time), for `/config_dump`.
 #[derive(Default)]
 pub struct XdsDump {
     /// type URL → name → entry.
-    pub resources: Mutex<BTreeMap<String, BTreeMap<String, DumpEntry>>>,
+    pub resources: Mutex<BTreeMap<&'static str, BTreeMap<Box<str>, DumpEntry>>>,
 }
 
 impl XdsDump {
@@ -55,13 +54,13 @@ impl XdsDump {
                 .map(|(name, e)| {
                     serde_json::json!({
                         "name": name,
-                        "version_info": e.version,
-                        "last_updated": e.updated,
-                        "resource": crate::translate::resource::to_json(&pool, &e.resource),
+                        "version_info": &*e.version,
+                        "last_updated": &*e.updated,
+                        "resource": crate::translate::resource::to_json_encoded(&pool, type_url, &e.resource),
                     })
                 })
                 .collect();
-            out.insert(type_url.clone(), serde_json::Value::Array(list));
+            out.insert(type_url.to_string(), serde_json::Value::Array(list));
         }
         serde_json::Value::Object(out)
     }

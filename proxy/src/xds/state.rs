@@ -21,17 +21,112 @@ pub struct TypeState {
     pub accepted: bool,
 }
 
+/// The accepted dynamic resources. Each map is shared (copy on write): an update copies only
+/// the maps it changes, and only their entries' handles, so that it can be rolled back.
 #[derive(Default, Clone)]
 pub struct Store {
-    pub listeners: BTreeMap<String, ListenerConfig>,
-    pub clusters: BTreeMap<String, ClusterConfig>,
-    pub routes: HashMap<String, Arc<RouteTable>>,
-    pub endpoints: HashMap<String, Vec<EndpointConfig>>,
+    pub listeners: Arc<BTreeMap<String, ListenerConfig>>,
+    pub clusters: Arc<BTreeMap<String, Arc<ClusterConfig>>>,
+    pub routes: Arc<HashMap<String, Arc<RouteTable>>>,
+    pub endpoints: Arc<HashMap<String, Arc<[EndpointConfig]>>>,
+}
+
+impl Store {
+    /// Removes `gone` and stores `decoded` (of type `t`); returns the names stored. A resource
+    /// equal to the one held keeps the held one, so that resending the same config shares (and
+    /// rebuilds) nothing.
+    fn update(&mut self, t: &str, gone: &[String], decoded: Vec<(String, Resource)>) -> Vec<String> {
+        fn apply<V>(
+            m: &mut Arc<impl MapLike<V>>,
+            gone: &[String],
+            decoded: Vec<(String, Resource)>,
+            value: impl Fn(Resource) -> Option<V>,
+            same: impl Fn(&V, &V) -> bool,
+        ) -> Vec<String> {
+            let m = Arc::make_mut(m);
+            for name in gone {
+                m.remove_key(name);
+            }
+            let mut names = Vec::with_capacity(decoded.len());
+            for (name, r) in decoded {
+                if let Some(v) = value(r) {
+                    if m.get_key(&name).is_none_or(|old| !same(old, &v)) {
+                        m.insert_key(name.clone(), v);
+                    }
+                }
+                names.push(name);
+            }
+            names
+        }
+        match t {
+            LISTENER => apply(
+                &mut self.listeners,
+                gone,
+                decoded,
+                |r| if let Resource::Listener(l) = r { Some(l) } else { None },
+                |_, _| false,
+            ),
+            CLUSTER => apply(
+                &mut self.clusters,
+                gone,
+                decoded,
+                |r| if let Resource::Cluster(c) = r { Some(Arc::new(c)) } else { None },
+                |a, b| a == b,
+            ),
+            ROUTE => apply(
+                &mut self.routes,
+                gone,
+                decoded,
+                |r| if let Resource::Routes(t) = r { Some(t) } else { None },
+                |_, _| false,
+            ),
+            _ => apply(
+                &mut self.endpoints,
+                gone,
+                decoded,
+                |r| if let Resource::Endpoints(e) = r { Some(e.into()) } else { None },
+                |a, b| a == b,
+            ),
+        }
+    }
+}
+
+/// The two map types of the store, behind one interface.
+trait MapLike<V>: Clone {
+    fn remove_key(&mut self, k: &str);
+    fn get_key(&self, k: &str) -> Option<&V>;
+    fn insert_key(&mut self, k: String, v: V);
+}
+
+impl<V: Clone> MapLike<V> for BTreeMap<String, V> {
+    fn remove_key(&mut self, k: &str) {
+        self.remove(k);
+    }
+    fn get_key(&self, k: &str) -> Option<&V> {
+        self.get(k)
+    }
+    fn insert_key(&mut self, k: String, v: V) {
+        self.insert(k, v);
+    }
+}
+
+impl<V: Clone> MapLike<V> for HashMap<String, V> {
+    fn remove_key(&mut self, k: &str) {
+        self.remove(k);
+    }
+    fn get_key(&self, k: &str) -> Option<&V> {
+        self.get(k)
+    }
+    fn insert_key(&mut self, k: String, v: V) {
+        self.insert(k, v);
+    }
 }
 
 pub struct State {
     pub node: Node,
     pub base: config::Bootstrap,
+    /// The bootstrap's clusters, shared with every snapshot built.
+    base_clusters: Vec<Arc<ClusterConfig>>,
     pub dynamic: config::DynamicConfig,
     pub types: BTreeMap<&'static str, TypeState>,
     pub store: Store,
@@ -45,7 +140,8 @@ pub struct Update<'a> {
     pub version: &'a str,
     pub nonce: &'a str,
     /// (name, version, resource); the name is given by delta responses, read from SotW ones.
-    pub resources: Vec<(Option<&'a str>, &'a str, &'a Any)>,
+    /// An accepted resource's bytes are moved into the config dump.
+    pub resources: Vec<(Option<&'a str>, &'a str, &'a mut Any)>,
     pub removed: &'a [String],
     /// State of the world for LDS/CDS: resources not listed are gone.
     pub replace_all: bool,
@@ -69,7 +165,9 @@ pub fn type_key(url: &str) -> Option<&'static str> {
 
 impl State {
     pub fn new(node: Node, base: config::Bootstrap, dynamic: config::DynamicConfig) -> State {
-        let mut s = State { node, base, dynamic, types: BTreeMap::new(), store: Store::default(), version: 1 };
+        let base_clusters = base.clusters.iter().cloned().map(Arc::new).collect();
+        let mut s =
+            State { node, base, base_clusters, dynamic, types: BTreeMap::new(), store: Store::default(), version: 1 };
         s.refresh_subscriptions();
         s
     }
@@ -85,14 +183,15 @@ impl State {
         let t = u.type_url;
         let started = std::time::Instant::now();
         self.types.entry(t).or_default().nonce = u.nonce.to_string();
-        let mut decoded = Vec::with_capacity(u.resources.len());
-        for (given, version, any) in &u.resources {
-            match resource::decode(t, any) {
+        let count = u.resources.len();
+        let mut decoded = Vec::with_capacity(count);
+        for (given, _, any) in &u.resources {
+            match resource::decode_resource(t, any) {
                 Ok((name, _)) if given.is_some_and(|g| g != name) => {
                     let msg = format!("resource named \"{}\" carries \"{name}\"", given.unwrap_or_default());
                     return self.nack(t, msg);
                 }
-                Ok((name, r)) => decoded.push((name, r, *version, (*any).clone())),
+                Ok(d) => decoded.push(d),
                 Err(e) => return self.nack(t, e.to_string()),
             }
         }
@@ -102,39 +201,25 @@ impl State {
         if u.replace_all {
             let listed: HashSet<&str> = decoded.iter().map(|d| d.0.as_str()).collect();
             let existing: Vec<String> = match t {
-                LISTENER => self.store.listeners.keys().cloned().collect(),
-                CLUSTER => self.store.clusters.keys().cloned().collect(),
+                LISTENER => self.store.listeners.keys().filter(|n| !listed.contains(n.as_str())).cloned().collect(),
+                CLUSTER => self.store.clusters.keys().filter(|n| !listed.contains(n.as_str())).cloned().collect(),
                 _ => vec![],
             };
-            gone.extend(existing.into_iter().filter(|n| !listed.contains(n.as_str())));
+            gone.extend(existing);
         }
-        for name in &gone {
-            match t {
-                LISTENER => drop(self.store.listeners.remove(name)),
-                CLUSTER => drop(self.store.clusters.remove(name)),
-                ROUTE => drop(self.store.routes.remove(name)),
-                _ => drop(self.store.endpoints.remove(name)),
-            }
-        }
-        for (name, r, _, _) in &decoded {
-            match r {
-                Resource::Listener(l) => drop(self.store.listeners.insert(name.clone(), l.clone())),
-                Resource::Cluster(c) => drop(self.store.clusters.insert(name.clone(), c.clone())),
-                Resource::Routes(table) => drop(self.store.routes.insert(name.clone(), table.clone())),
-                Resource::Endpoints(eps) => drop(self.store.endpoints.insert(name.clone(), eps.clone())),
-            }
-        }
+        let names = self.store.update(t, &gone, decoded);
         self.version += 1;
         // Listeners whose resource changed (not merely resent): their connections drain.
         let changed: HashSet<String> = if t == LISTENER {
             let res = dump.resources.lock().unwrap();
             let old = res.get(LISTENER);
-            decoded
+            names
                 .iter()
-                .filter(|(name, _, _, any)| {
-                    old.and_then(|o| o.get(name)).is_some_and(|e| e.resource.value != any.value)
+                .zip(&u.resources)
+                .filter(|(name, (_, _, any))| {
+                    old.and_then(|o| o.get(name.as_str())).is_some_and(|e| *e.resource != *any.value)
                 })
-                .map(|(name, _, _, _)| name.clone())
+                .map(|(name, _)| name.clone())
                 .collect()
         } else {
             HashSet::new()
@@ -146,18 +231,22 @@ impl State {
             self.refresh_subscriptions();
             return self.nack(t, e);
         }
+        drop(previous);
         let applied_at = started.elapsed();
         {
-            let now = crate::telemetry::access_log::now_rfc3339();
+            // One timestamp and (state of the world) one version for the whole update.
+            let now: Arc<str> = crate::telemetry::access_log::now_rfc3339().into();
+            let update_version: Arc<str> = u.version.into();
             let mut res = dump.resources.lock().unwrap();
-            let by_name = res.entry(t.to_string()).or_default();
+            let by_name = res.entry(t).or_default();
             for name in &gone {
-                by_name.remove(name);
+                by_name.remove(name.as_str());
             }
-            for (name, _, version, any) in decoded {
-                let version = if version.is_empty() { u.version } else { version };
-                let entry = super::DumpEntry { version: version.to_string(), updated: now.clone(), resource: any };
-                by_name.insert(name, entry);
+            for (name, (_, version, any)) in names.into_iter().zip(u.resources) {
+                let version = if version.is_empty() { update_version.clone() } else { version.into() };
+                let resource = std::mem::take(&mut any.value).into_boxed_slice();
+                let entry = super::DumpEntry { version, updated: now.clone(), resource };
+                by_name.insert(name.into(), entry);
             }
         }
         let ts = self.types.entry(t).or_default();
@@ -165,7 +254,7 @@ impl State {
         ts.accepted = true;
         tracing::debug!(
             type_url = t,
-            resources = u.resources.len(),
+            resources = count,
             decode_ms = decoded_at.as_secs_f64() * 1e3,
             store_ms = (stored_at - decoded_at).as_secs_f64() * 1e3,
             apply_ms = (applied_at - stored_at).as_secs_f64() * 1e3,
@@ -183,33 +272,40 @@ impl State {
     /// Recomputes the RDS and EDS names needed by the current listeners and clusters, dropping
     /// what is no longer needed; returns the changes.
     pub fn refresh_subscriptions(&mut self) -> Vec<SubChange> {
-        let mut rds = BTreeSet::new();
+        let mut rds: BTreeSet<&str> = BTreeSet::new();
         for l in self.base.listeners.iter().chain(self.store.listeners.values()) {
             for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
                 if let NetworkFilter::Http(h) = &fc.filter {
                     if let RouteSource::Rds(name) = &h.routes {
-                        rds.insert(name.clone());
+                        rds.insert(name);
                     }
                 }
             }
         }
-        let mut eds = BTreeSet::new();
-        for c in self.base.clusters.iter().chain(self.store.clusters.values()) {
+        let mut eds: BTreeSet<&str> = BTreeSet::new();
+        for c in self.base.clusters.iter().chain(self.store.clusters.values().map(|c| &**c)) {
             if let config::DiscoveryType::Eds(service) = &c.discovery {
-                eds.insert(service.clone());
+                eds.insert(service);
             }
         }
-        self.store.routes.retain(|k, _| rds.contains(k));
-        self.store.endpoints.retain(|k, _| eds.contains(k));
         let mut out = Vec::new();
-        for (t, names) in [(ROUTE, rds), (ENDPOINT, eds)] {
+        for (t, names) in [(ROUTE, &rds), (ENDPOINT, &eds)] {
             let ts = self.types.entry(t).or_default();
-            if ts.names != names {
-                let added = names.difference(&ts.names).cloned().collect();
-                let removed = ts.names.difference(&names).cloned().collect();
+            if !ts.names.iter().map(String::as_str).eq(names.iter().copied()) {
+                let added = names.iter().filter(|n| !ts.names.contains(**n)).map(|n| n.to_string()).collect();
+                let removed = ts.names.iter().filter(|n| !names.contains(n.as_str())).cloned().collect();
                 out.push(SubChange { type_url: t, added, removed });
-                ts.names = names;
+                ts.names = names.iter().map(|n| n.to_string()).collect();
             }
+        }
+        // Copy a map (its handles) only when something in it goes.
+        if self.store.routes.keys().any(|k| !rds.contains(k.as_str())) {
+            let keep: HashSet<String> = rds.iter().map(|n| n.to_string()).collect();
+            Arc::make_mut(&mut self.store.routes).retain(|k, _| keep.contains(k));
+        }
+        if self.store.endpoints.keys().any(|k| !eds.contains(k.as_str())) {
+            let keep: HashSet<String> = eds.iter().map(|n| n.to_string()).collect();
+            Arc::make_mut(&mut self.store.endpoints).retain(|k, _| keep.contains(k));
         }
         out
     }
@@ -218,7 +314,8 @@ impl State {
     pub fn inputs(&self) -> Inputs {
         let mut listeners = self.base.listeners.clone();
         listeners.extend(self.store.listeners.values().cloned());
-        let mut clusters = self.base.clusters.clone();
+        let mut clusters = Vec::with_capacity(self.base_clusters.len() + self.store.clusters.len());
+        clusters.extend(self.base_clusters.iter().cloned());
         clusters.extend(self.store.clusters.values().cloned());
         Inputs {
             version: self.version,

@@ -24,17 +24,10 @@ pub enum Resource {
     Endpoints(Vec<EndpointConfig>),
 }
 
-/// Decodes, checks and translates one resource of `type_url`; returns its name. The pool is not
-/// needed any more (see [`decode_resource`]); this form stays for callers that have one.
-pub fn decode(pool: &DescriptorPool, type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
-    let _ = pool;
-    decode_resource(type_url, any)
-}
-
 /// Decodes, checks and translates one resource of `type_url`; returns its name. The strict check
 /// runs on the encoded bytes against a static descriptor table (no descriptor pool), after prost
 /// has decoded them.
-pub fn decode_resource(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
+pub fn decode(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigError> {
     if any.type_url != type_url {
         return Err(ConfigError::invalid("resource", "", format!("type {} in a {type_url} response", any.type_url)));
     }

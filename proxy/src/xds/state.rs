@@ -186,7 +186,7 @@ impl State {
         let count = u.resources.len();
         let mut decoded = Vec::with_capacity(count);
         for (given, _, any) in &u.resources {
-            match resource::decode_resource(t, any) {
+            match resource::decode(t, any) {
                 Ok((name, _)) if given.is_some_and(|g| g != name) => {
                     let msg = format!("resource named \"{}\" carries \"{name}\"", given.unwrap_or_default());
                     return self.nack(t, msg);

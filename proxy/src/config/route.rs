@@ -26,81 +26,54 @@ pub struct DomainMatcher {
 }
 
 /// Exact domains → virtual host. A mesh has tens of thousands of domains, so they are kept
-/// compactly: the names one after the other in one string, and an open-addressing table (linear
-/// probing, at most half full, keyed with the same randomly seeded SipHash as `HashMap`) of
-/// indexes into them.
+/// compactly: the names one after the other in one string, and a `hashbrown` table of indexes
+/// into them (keyed with the same randomly seeded SipHash as `HashMap`).
 #[derive(Debug, Default)]
 pub struct ExactDomains {
     text: String,
     /// Per domain: (end of its name in `text`, virtual host); a name starts where the previous
     /// one ends.
     entries: Vec<(u32, u32)>,
-    /// Entry index + 1, 0 when empty; a power of two long.
-    slots: Vec<u32>,
+    table: hashbrown::HashTable<u32>,
     hasher: std::hash::RandomState,
 }
 
+fn entry_name<'a>(text: &'a str, entries: &[(u32, u32)], entry: u32) -> &'a str {
+    let entry = entry as usize;
+    let start = if entry == 0 { 0 } else { entries[entry - 1].0 as usize };
+    &text[start..entries[entry].0 as usize]
+}
+
 impl ExactDomains {
-    fn name(&self, entry: usize) -> &str {
-        let start = if entry == 0 { 0 } else { self.entries[entry - 1].0 as usize };
-        &self.text[start..self.entries[entry].0 as usize]
-    }
-
-    fn home(&self, name: &str) -> usize {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(name) as usize & (self.slots.len() - 1)
-    }
-
     /// The virtual host of domain `host`.
     pub fn get(&self, host: &str) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(host);
-        loop {
-            let e = self.slots[i] as usize;
-            if e == 0 {
-                return None;
-            }
-            if self.name(e - 1) == host {
-                return Some(self.entries[e - 1].1 as usize);
-            }
-            i = (i + 1) & mask;
-        }
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(host);
+        let e = self.table.find(hash, |&e| entry_name(&self.text, &self.entries, e) == host)?;
+        Some(self.entries[*e as usize].1 as usize)
     }
 
     /// Adds `domain` → `vhost`, unless the domain is there already: then returns its virtual host.
     pub fn insert(&mut self, domain: &str, vhost: usize) -> Option<usize> {
+        use std::hash::BuildHasher;
         if let Some(v) = self.get(domain) {
             return Some(v);
         }
         self.text.push_str(domain);
         self.entries.push((self.text.len() as u32, vhost as u32));
-        if self.entries.len() * 2 > self.slots.len() {
-            self.slots = vec![0; (self.slots.len() * 2).max(8)];
-            for e in 0..self.entries.len() {
-                self.place(e);
-            }
-        } else {
-            self.place(self.entries.len() - 1);
-        }
+        let Self { text, entries, table, hasher } = self;
+        let e = entries.len() as u32 - 1;
+        table.insert_unique(hasher.hash_one(domain), e, |&x| hasher.hash_one(entry_name(text, entries, x)));
         None
-    }
-
-    fn place(&mut self, entry: usize) {
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(self.name(entry));
-        while self.slots[i] != 0 {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = entry as u32 + 1;
     }
 
     /// Gives back the spare capacity of building.
     pub fn shrink_to_fit(&mut self) {
+        use std::hash::BuildHasher;
         self.text.shrink_to_fit();
         self.entries.shrink_to_fit();
+        let Self { text, entries, table, hasher } = self;
+        table.shrink_to_fit(|&x| hasher.hash_one(entry_name(text, entries, x)));
     }
 
     pub fn len(&self) -> usize {
@@ -113,7 +86,8 @@ impl ExactDomains {
 
     /// (domain, virtual host), in the order added.
     pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
-        (0..self.entries.len()).map(|e| (self.name(e), self.entries[e].1 as usize))
+        (0..self.entries.len() as u32)
+            .map(|e| (entry_name(&self.text, &self.entries, e), self.entries[e as usize].1 as usize))
     }
 }
 

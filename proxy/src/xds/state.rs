@@ -23,102 +23,81 @@ pub struct TypeState {
 
 /// The accepted dynamic resources. Each map is shared (copy on write): an update copies only
 /// the maps it changes, and only their entries' handles, so that it can be rolled back.
+/// The large maps (clusters and endpoints, one entry per service) have shared keys too, so that
+/// such a copy allocates only its table.
 #[derive(Default, Clone)]
 pub struct Store {
     pub listeners: Arc<BTreeMap<String, ListenerConfig>>,
-    pub clusters: Arc<BTreeMap<String, Arc<ClusterConfig>>>,
+    pub clusters: Arc<HashMap<Arc<str>, Arc<ClusterConfig>>>,
     pub routes: Arc<HashMap<String, Arc<RouteTable>>>,
-    pub endpoints: Arc<HashMap<String, Arc<[EndpointConfig]>>>,
+    pub endpoints: Arc<HashMap<Arc<str>, Arc<[EndpointConfig]>>>,
 }
 
 impl Store {
-    /// Removes `gone` and stores `decoded` (of type `t`); returns the names stored. A resource
-    /// equal to the one held keeps the held one, so that resending the same config shares (and
-    /// rebuilds) nothing.
+    /// Removes `gone` and stores `decoded` (of type `t`); returns the names stored. A cluster or
+    /// endpoint set equal to the one held keeps the held one, so that resending the same config
+    /// allocates (and rebuilds) nothing.
     fn update(&mut self, t: &str, gone: &[String], decoded: Vec<(String, Resource)>) -> Vec<String> {
-        fn apply<V>(
-            m: &mut Arc<impl MapLike<V>>,
-            gone: &[String],
-            decoded: Vec<(String, Resource)>,
-            value: impl Fn(Resource) -> Option<V>,
-            same: impl Fn(&V, &V) -> bool,
-        ) -> Vec<String> {
-            let m = Arc::make_mut(m);
-            for name in gone {
-                m.remove_key(name);
+        let mut names = Vec::with_capacity(decoded.len());
+        match t {
+            LISTENER => {
+                let m = Arc::make_mut(&mut self.listeners);
+                gone.iter().for_each(|n| drop(m.remove(n)));
+                for (name, r) in decoded {
+                    if let Resource::Listener(l) = r {
+                        m.insert(name.clone(), l);
+                    }
+                    names.push(name);
+                }
             }
-            let mut names = Vec::with_capacity(decoded.len());
-            for (name, r) in decoded {
-                if let Some(v) = value(r) {
-                    if m.get_key(&name).is_none_or(|old| !same(old, &v)) {
-                        m.insert_key(name.clone(), v);
+            ROUTE => {
+                let m = Arc::make_mut(&mut self.routes);
+                gone.iter().for_each(|n| drop(m.remove(n)));
+                for (name, r) in decoded {
+                    if let Resource::Routes(table) = r {
+                        m.insert(name.clone(), table);
+                    }
+                    names.push(name);
+                }
+            }
+            CLUSTER => {
+                let changes = decoded.iter().any(|(name, r)| match r {
+                    Resource::Cluster(c) => self.clusters.get(name.as_str()).is_none_or(|old| **old != *c),
+                    _ => false,
+                });
+                if changes || !gone.is_empty() {
+                    let m = Arc::make_mut(&mut self.clusters);
+                    gone.iter().for_each(|n| drop(m.remove(n.as_str())));
+                    for (name, r) in &decoded {
+                        if let Resource::Cluster(c) = r {
+                            if m.get(name.as_str()).is_none_or(|old| **old != *c) {
+                                m.insert(name.as_str().into(), Arc::new(c.clone()));
+                            }
+                        }
                     }
                 }
-                names.push(name);
+                names.extend(decoded.into_iter().map(|(name, _)| name));
             }
-            names
+            _ => {
+                let changes = decoded.iter().any(|(name, r)| match r {
+                    Resource::Endpoints(e) => self.endpoints.get(name.as_str()).is_none_or(|old| **old != **e),
+                    _ => false,
+                });
+                if changes || !gone.is_empty() {
+                    let m = Arc::make_mut(&mut self.endpoints);
+                    gone.iter().for_each(|n| drop(m.remove(n.as_str())));
+                    for (name, r) in &decoded {
+                        if let Resource::Endpoints(e) = r {
+                            if m.get(name.as_str()).is_none_or(|old| **old != **e) {
+                                m.insert(name.as_str().into(), e.as_slice().into());
+                            }
+                        }
+                    }
+                }
+                names.extend(decoded.into_iter().map(|(name, _)| name));
+            }
         }
-        match t {
-            LISTENER => apply(
-                &mut self.listeners,
-                gone,
-                decoded,
-                |r| if let Resource::Listener(l) = r { Some(l) } else { None },
-                |_, _| false,
-            ),
-            CLUSTER => apply(
-                &mut self.clusters,
-                gone,
-                decoded,
-                |r| if let Resource::Cluster(c) = r { Some(Arc::new(c)) } else { None },
-                |a, b| a == b,
-            ),
-            ROUTE => apply(
-                &mut self.routes,
-                gone,
-                decoded,
-                |r| if let Resource::Routes(t) = r { Some(t) } else { None },
-                |_, _| false,
-            ),
-            _ => apply(
-                &mut self.endpoints,
-                gone,
-                decoded,
-                |r| if let Resource::Endpoints(e) = r { Some(e.into()) } else { None },
-                |a, b| a == b,
-            ),
-        }
-    }
-}
-
-/// The two map types of the store, behind one interface.
-trait MapLike<V>: Clone {
-    fn remove_key(&mut self, k: &str);
-    fn get_key(&self, k: &str) -> Option<&V>;
-    fn insert_key(&mut self, k: String, v: V);
-}
-
-impl<V: Clone> MapLike<V> for BTreeMap<String, V> {
-    fn remove_key(&mut self, k: &str) {
-        self.remove(k);
-    }
-    fn get_key(&self, k: &str) -> Option<&V> {
-        self.get(k)
-    }
-    fn insert_key(&mut self, k: String, v: V) {
-        self.insert(k, v);
-    }
-}
-
-impl<V: Clone> MapLike<V> for HashMap<String, V> {
-    fn remove_key(&mut self, k: &str) {
-        self.remove(k);
-    }
-    fn get_key(&self, k: &str) -> Option<&V> {
-        self.get(k)
-    }
-    fn insert_key(&mut self, k: String, v: V) {
-        self.insert(k, v);
+        names
     }
 }
 
@@ -202,7 +181,9 @@ impl State {
             let listed: HashSet<&str> = decoded.iter().map(|d| d.0.as_str()).collect();
             let existing: Vec<String> = match t {
                 LISTENER => self.store.listeners.keys().filter(|n| !listed.contains(n.as_str())).cloned().collect(),
-                CLUSTER => self.store.clusters.keys().filter(|n| !listed.contains(n.as_str())).cloned().collect(),
+                CLUSTER => {
+                    self.store.clusters.keys().filter(|n| !listed.contains(&***n)).map(|n| n.to_string()).collect()
+                }
                 _ => vec![],
             };
             gone.extend(existing);
@@ -244,9 +225,20 @@ impl State {
             }
             for (name, (_, version, any)) in names.into_iter().zip(u.resources) {
                 let version = if version.is_empty() { update_version.clone() } else { version.into() };
-                let resource = std::mem::take(&mut any.value).into_boxed_slice();
-                let entry = super::DumpEntry { version, updated: now.clone(), resource };
-                by_name.insert(name.into(), entry);
+                match by_name.get_mut(name.as_str()) {
+                    // A resend: the bytes held stay (no churn of long-lived allocations).
+                    Some(e) => {
+                        if *e.resource != *any.value {
+                            e.resource = std::mem::take(&mut any.value).into_boxed_slice();
+                        }
+                        e.version = version;
+                        e.updated = now.clone();
+                    }
+                    None => {
+                        let resource = std::mem::take(&mut any.value).into_boxed_slice();
+                        by_name.insert(name.into(), super::DumpEntry { version, updated: now.clone(), resource });
+                    }
+                }
             }
         }
         let ts = self.types.entry(t).or_default();
@@ -303,9 +295,9 @@ impl State {
             let keep: HashSet<String> = rds.iter().map(|n| n.to_string()).collect();
             Arc::make_mut(&mut self.store.routes).retain(|k, _| keep.contains(k));
         }
-        if self.store.endpoints.keys().any(|k| !eds.contains(k.as_str())) {
+        if self.store.endpoints.keys().any(|k| !eds.contains(&**k)) {
             let keep: HashSet<String> = eds.iter().map(|n| n.to_string()).collect();
-            Arc::make_mut(&mut self.store.endpoints).retain(|k, _| keep.contains(k));
+            Arc::make_mut(&mut self.store.endpoints).retain(|k, _| keep.contains(&**k));
         }
         out
     }

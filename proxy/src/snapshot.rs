@@ -106,10 +106,10 @@ impl Snapshot {
         let mut clusters = HashMap::with_capacity(inputs.clusters.len());
         for c in inputs.clusters {
             let eds = match &c.discovery {
-                config::DiscoveryType::Eds(service) => match inputs.endpoints.get(service.as_str()) {
+                config::DiscoveryType::Eds(service) => match inputs.endpoints.get(&**service) {
                     Some(eps) => Some(eps),
                     None => {
-                        if let Some(old) = previous.and_then(|p| p.clusters.get(c.name.as_str())) {
+                        if let Some(old) = previous.and_then(|p| p.clusters.get(&*c.name)) {
                             clusters.insert(old.name.clone(), old.clone());
                         }
                         continue;
@@ -117,9 +117,8 @@ impl Snapshot {
                 },
                 _ => None,
             };
-            let reused = previous
-                .and_then(|p| p.clusters.get(c.name.as_str()))
-                .filter(|old| same_but_endpoints(&old.config, &c));
+            let reused =
+                previous.and_then(|p| p.clusters.get(&*c.name)).filter(|old| same_but_endpoints(&old.config, &c));
             let cluster = match (reused, eds) {
                 (Some(old), Some(eps)) => {
                     old.update_endpoints(eps.iter().filter_map(ip_endpoint).collect());

@@ -66,8 +66,8 @@ impl Cluster {
             })
             .collect();
         Arc::new(Cluster {
-            name: config.name.as_str().into(),
-            stats: ClusterStats::new(&config.name),
+            name: config.name.clone(),
+            stats: ClusterStats::named(&config.name),
             config,
             endpoints: ArcSwap::from_pointee(EndpointSet::new(list)),
             rr: AtomicUsize::new(0),

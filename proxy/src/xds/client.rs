@@ -88,7 +88,7 @@ fn sotw_request(state: &State, t: &'static str, nonce: &str, error: &Option<Stri
     DiscoveryRequest {
         version_info: ts.map(|s| s.version.clone()).unwrap_or_default(),
         node: Some(state.node.clone()),
-        resource_names: ts.map(|s| s.names.iter().cloned().collect()).unwrap_or_default(),
+        resource_names: ts.map(|s| s.names.iter().map(|n| n.to_string()).collect()).unwrap_or_default(),
         type_url: t.to_string(),
         response_nonce: nonce.to_string(),
         error_detail: nack_status(error),
@@ -174,7 +174,7 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
             .get(t)
             .map(|m| m.iter().map(|(n, e)| (n.to_string(), e.version.to_string())).collect())
             .unwrap_or_default();
-        let names = state.types.get(t).map(|s| s.names.iter().cloned().collect()).unwrap_or_default();
+        let names = state.types.get(t).map(|s| s.names.iter().map(|n| n.to_string()).collect()).unwrap_or_default();
         tx.send(DeltaDiscoveryRequest {
             node: Some(state.node.clone()),
             type_url: t.to_string(),

@@ -11,6 +11,11 @@
 //! A second group compiles the same routes with `case_sensitive: false`: the index cannot describe
 //! those, so every lookup walks the routes in order. It shows what the index saves and is the
 //! worst case a user can configure.
+//!
+//! A third group (`route_match_mesh_10k_hosts`) has the shape a mesh control plane sends a
+//! sidecar: 10,000 virtual hosts, one per service, each with the six domains a Kubernetes service
+//! is reached by (`svc-N.scale.svc.cluster.local`, `svc-N.scale`, `svc-N`, each with and without
+//! `:8080`) and one `prefix: /` route: the cost is the virtual-host lookup.
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -117,6 +122,57 @@ fn bench_table(c: &mut Criterion, group_name: &str, table: &RouteTable) {
     group.finish();
 }
 
+const SERVICES: usize = 10_000;
+
+fn mesh_config() -> RouteConfiguration {
+    let virtual_hosts = (0..SERVICES)
+        .map(|i| {
+            let host = format!("svc-{i}.scale.svc.cluster.local");
+            let domains = [host.clone(), format!("svc-{i}.scale"), format!("svc-{i}")]
+                .into_iter()
+                .flat_map(|d| [format!("{d}:8080"), d])
+                .collect();
+            VirtualHost {
+                name: format!("{host}:8080"),
+                domains,
+                routes: vec![Route {
+                    name: "default".into(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(format!("outbound|8080||{host}"))),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    RouteConfiguration { name: "8080".into(), virtual_hosts, ..Default::default() }
+}
+
+fn mesh(c: &mut Criterion) {
+    let table = translate_route_config(&mesh_config()).expect("mesh routes compile");
+    let headers = headers();
+    let method = Method::GET;
+    let mut group = c.benchmark_group("route_match_mesh_10k_hosts");
+    let cases = [
+        ("fqdn_port", "svc-4321.scale.svc.cluster.local:8080", true),
+        ("short", "svc-8765", true),
+        ("unknown_host", "svc-12345.other.svc.cluster.local:8080", false),
+    ];
+    for (id, host, found) in cases {
+        let input =
+            RouteInput { host, path: "/api/items/42", query: None, method: &method, scheme: "http", headers: &headers };
+        assert_eq!(select(&table, &input).is_some(), found, "{id}");
+        group.bench_function(id, |b| b.iter(|| select(black_box(&table), black_box(&input)).is_some()));
+    }
+    group.finish();
+}
+
 fn route_match(c: &mut Criterion) {
     let table = translate_route_config(&route_config(true)).expect("route config compiles");
     bench_table(c, "route_match_10k", &table);
@@ -130,6 +186,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = route_match
+    targets = route_match, mesh
 }
 criterion_main!(benches);

@@ -15,7 +15,7 @@ pub struct Snapshot {
     pub node_id: String,
     pub node_cluster: String,
     pub listeners: Vec<Arc<Listener>>,
-    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// RDS route tables by name: a request on an existing connection routes with the current one.
     pub rds: Arc<HashMap<String, Arc<RouteTable>>>,
     pub source: crate::translate::SourceConfig,
@@ -74,7 +74,7 @@ pub struct Inputs {
     /// RDS route tables by name.
     pub routes: Arc<HashMap<String, Arc<RouteTable>>>,
     /// EDS endpoints by service name.
-    pub endpoints: Arc<HashMap<String, Arc<[config::EndpointConfig]>>>,
+    pub endpoints: Arc<HashMap<Arc<str>, Arc<[config::EndpointConfig]>>>,
     pub source: crate::translate::SourceConfig,
 }
 
@@ -106,11 +106,11 @@ impl Snapshot {
         let mut clusters = HashMap::with_capacity(inputs.clusters.len());
         for c in inputs.clusters {
             let eds = match &c.discovery {
-                config::DiscoveryType::Eds(service) => match inputs.endpoints.get(service) {
+                config::DiscoveryType::Eds(service) => match inputs.endpoints.get(&**service) {
                     Some(eps) => Some(eps),
                     None => {
-                        if let Some(old) = previous.and_then(|p| p.clusters.get(&c.name)) {
-                            clusters.insert(c.name.clone(), old.clone());
+                        if let Some(old) = previous.and_then(|p| p.clusters.get(&*c.name)) {
+                            clusters.insert(old.name.clone(), old.clone());
                         }
                         continue;
                     }
@@ -118,7 +118,7 @@ impl Snapshot {
                 _ => None,
             };
             let reused =
-                previous.and_then(|p| p.clusters.get(&c.name)).filter(|old| same_but_endpoints(&old.config, &c));
+                previous.and_then(|p| p.clusters.get(&*c.name)).filter(|old| same_but_endpoints(&old.config, &c));
             let cluster = match (reused, eds) {
                 (Some(old), Some(eps)) => {
                     old.update_endpoints(eps.iter().filter_map(ip_endpoint).collect());
@@ -127,7 +127,7 @@ impl Snapshot {
                 (Some(old), None) => old.clone(),
                 (None, eds) => Cluster::from_shared(c.clone(), eds.map(|e| &e[..])),
             };
-            clusters.insert(c.name.clone(), cluster);
+            clusters.insert(cluster.name.clone(), cluster);
         }
         let mut listeners = Vec::new();
         for l in inputs.listeners {

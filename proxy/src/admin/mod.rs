@@ -194,7 +194,7 @@ fn listeners(app: &App, as_json: bool) -> Response<Full<Bytes>> {
 
 fn clusters(app: &App) -> Response<Full<Bytes>> {
     let snap = app.live.load();
-    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    let mut names: Vec<&Arc<str>> = snap.clusters.keys().collect();
     names.sort();
     let mut out = String::new();
     for n in names {

@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -6,7 +7,7 @@ pub enum DiscoveryType {
     Static,
     StrictDns,
     /// Endpoints from EDS, by service name (the cluster name when the config leaves it empty).
-    Eds(String),
+    Eds(Arc<str>),
     /// ORIGINAL_DST: the connection's original destination (before iptables REDIRECT) is the
     /// endpoint: passthrough for traffic no service matches.
     OriginalDst,
@@ -47,7 +48,9 @@ pub enum EndpointConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
-    pub name: String,
+    /// Shared: a mesh has tens of thousands of clusters, and their names are everywhere (xDS
+    /// store, snapshot, stats, config dump).
+    pub name: Arc<str>,
     pub discovery: DiscoveryType,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,

@@ -218,8 +218,8 @@ impl ClusterCounters {
     }
 }
 
-fn clusters() -> &'static Mutex<BTreeMap<String, Arc<ClusterCounters>>> {
-    static C: OnceLock<Mutex<BTreeMap<String, Arc<ClusterCounters>>>> = OnceLock::new();
+fn clusters() -> &'static Mutex<BTreeMap<Arc<str>, Arc<ClusterCounters>>> {
+    static C: OnceLock<Mutex<BTreeMap<Arc<str>, Arc<ClusterCounters>>>> = OnceLock::new();
     C.get_or_init(Default::default)
 }
 
@@ -235,8 +235,16 @@ impl std::ops::Deref for ClusterStats {
 
 impl ClusterStats {
     pub fn new(cluster: &str) -> Self {
+        Self::named(&cluster.into())
+    }
+
+    /// As [`ClusterStats::new`], keeping the name given (shared with the cluster's config).
+    pub fn named(cluster: &Arc<str>) -> Self {
         let mut map = clusters().lock().unwrap_or_else(|e| e.into_inner());
-        ClusterStats(map.entry(cluster.to_string()).or_default().clone())
+        if let Some(c) = map.get(&**cluster) {
+            return ClusterStats(c.clone());
+        }
+        ClusterStats(map.entry(cluster.clone()).or_default().clone())
     }
 }
 

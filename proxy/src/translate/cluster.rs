@@ -30,6 +30,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
     if c.name.is_empty() {
         return Err(ctx.field("name").err("a cluster needs a name"));
     }
+    let name: std::sync::Arc<str> = c.name.as_str().into();
     let discovery = match &c.cluster_discovery_type {
         None => DiscoveryType::Static,
         Some(ClusterDiscoveryType::Type(t)) => match PbDiscovery::try_from(*t) {
@@ -41,8 +42,11 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
                     &ctx.field("eds_cluster_config.eds_config"),
                     &eds.and_then(|e| e.eds_config.clone()),
                 )?;
-                let service = eds.map(|e| e.service_name.clone()).filter(|s| !s.is_empty());
-                DiscoveryType::Eds(service.unwrap_or_else(|| c.name.clone()))
+                // The service is usually the cluster itself: then the name is shared.
+                match eds.map(|e| e.service_name.as_str()).filter(|s| !s.is_empty() && *s != c.name) {
+                    Some(service) => DiscoveryType::Eds(service.into()),
+                    None => DiscoveryType::Eds(name.clone()),
+                }
             }
             Ok(PbDiscovery::OriginalDst) => DiscoveryType::OriginalDst,
             _ => return Err(ctx.field("type").err("only STATIC, STRICT_DNS, EDS and ORIGINAL_DST are supported")),
@@ -140,7 +144,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         None => Vec::new(),
     };
     Ok(ClusterConfig {
-        name: c.name.clone(),
+        name,
         discovery,
         lb,
         connect_timeout,

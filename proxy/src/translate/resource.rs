@@ -55,7 +55,7 @@ pub fn decode(type_url: &str, any: &Any) -> Result<(String, Resource), ConfigErr
             let la = ClusterLoadAssignment::decode(bytes).map_err(bad)?;
             check()?;
             let ctx = Ctx::new(format!("cluster_load_assignment \"{}\"", la.cluster_name));
-            let eps = cluster::translate_endpoints(&ctx, &la, &DiscoveryType::Eds(la.cluster_name.clone()))?;
+            let eps = cluster::translate_endpoints(&ctx, &la, &DiscoveryType::Eds(la.cluster_name.as_str().into()))?;
             (la.cluster_name, Resource::Endpoints(eps))
         }
         other => return Err(ConfigError::invalid("resource", "", format!("unsupported type {other}"))),

@@ -51,7 +51,7 @@ const ROUTER: &str = "          - name: router\n            typed_config: { \"@t
 fn minimal_http_config_compiles() {
     let b = compile(&with_filters(ROUTER)).unwrap();
     assert_eq!(b.listeners.len(), 1);
-    assert_eq!(b.clusters[0].name, "app");
+    assert_eq!(&*b.clusters[0].name, "app");
 }
 
 #[test]

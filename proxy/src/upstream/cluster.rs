@@ -13,6 +13,8 @@ use crate::telemetry::stats::ClusterStats;
 
 #[derive(Debug)]
 pub struct Cluster {
+    /// `config.name`, shared by the snapshots' cluster maps (rebuilt on every update).
+    pub name: Arc<str>,
     /// Shared with the xDS store. An EDS cluster's endpoints are in `endpoints` only.
     pub config: Arc<ClusterConfig>,
     pub endpoints: ArcSwap<EndpointSet>,
@@ -64,7 +66,8 @@ impl Cluster {
             })
             .collect();
         Arc::new(Cluster {
-            stats: ClusterStats::new(&config.name),
+            name: config.name.clone(),
+            stats: ClusterStats::named(&config.name),
             config,
             endpoints: ArcSwap::from_pointee(EndpointSet::new(list)),
             rr: AtomicUsize::new(0),

@@ -51,7 +51,7 @@ async fn connect(
         let snap = app.live.load();
         let cluster = snap
             .clusters
-            .get(&state.dynamic.ads_cluster)
+            .get(state.dynamic.ads_cluster.as_str())
             .ok_or_else(|| anyhow::anyhow!("ADS cluster \"{}\" is missing", state.dynamic.ads_cluster))?;
         cluster.pick().ok_or_else(|| anyhow::anyhow!("ADS cluster has no endpoint"))?.addr
     };
@@ -64,14 +64,16 @@ async fn connect(
     Ok(AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
-/// After an update: metrics, readiness, and memory the parse left behind.
-fn record(app: &App, state: &State, type_url: &str, out: &Outcome) {
+/// After an update: metrics, readiness, and memory the parse left behind (now, and once more
+/// a moment later).
+fn record(app: &App, state: &State, type_url: &str, out: &Outcome, trim_at: &mut Option<tokio::time::Instant>) {
     metrics().xds_update(short(type_url), out.error.is_none());
     if out.error.is_none() {
         if state.initialized() && app.listeners_warm(state.store.listeners.keys()) {
             app.mark_initialized();
         }
         crate::app::release_free_memory();
+        *trim_at = Some(tokio::time::Instant::now() + TRIM_AGAIN_AFTER);
     }
 }
 
@@ -82,11 +84,11 @@ fn nack_status(error: &Option<String>) -> Option<Status> {
 // ---- state of the world ----
 
 fn sotw_request(state: &State, t: &'static str, nonce: &str, error: &Option<String>) -> DiscoveryRequest {
-    let ts = state.types.get(t).cloned().unwrap_or_default();
+    let ts = state.types.get(t);
     DiscoveryRequest {
-        version_info: ts.version,
+        version_info: ts.map(|s| s.version.clone()).unwrap_or_default(),
         node: Some(state.node.clone()),
-        resource_names: ts.names.into_iter().collect(),
+        resource_names: ts.map(|s| s.names.iter().map(|n| n.to_string()).collect()).unwrap_or_default(),
         type_url: t.to_string(),
         response_nonce: nonce.to_string(),
         error_detail: nack_status(error),
@@ -103,17 +105,41 @@ async fn sotw_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
     }
     let mut stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
     metrics().xds_connected.set(1);
-    while let Some(mut resp) = stream.message().await? {
+    let mut trim_at = None;
+    while let Some(mut resp) = next_message(&mut stream, &mut trim_at).await? {
         let out = handle_sotw(app, state, &mut resp);
         let t = type_key(&resp.type_url).unwrap_or(LISTENER);
-        record(app, state, &resp.type_url, &out);
-        tx.send(sotw_request(state, t, &resp.nonce, &out.error))?;
+        let (type_url, nonce) = (std::mem::take(&mut resp.type_url), std::mem::take(&mut resp.nonce));
+        drop(resp);
+        record(app, state, &type_url, &out, &mut trim_at);
+        tx.send(sotw_request(state, t, &nonce, &out.error))?;
         for sub in out.subs {
             let nonce = state.types.get(sub.type_url).map(|s| s.nonce.clone()).unwrap_or_default();
             tx.send(sotw_request(state, sub.type_url, &nonce, &None))?;
         }
     }
     Ok(())
+}
+
+/// How long after an update the heap is trimmed once more: by then the ACK (with every
+/// subscribed name, for EDS tens of thousands) has been encoded and sent, and freed.
+const TRIM_AGAIN_AFTER: Duration = Duration::from_millis(200);
+
+/// The next response; meanwhile, the delayed trim when it is due.
+async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    trim_at: &mut Option<tokio::time::Instant>,
+) -> Result<Option<T>, tonic::Status> {
+    loop {
+        let Some(at) = *trim_at else { return stream.message().await };
+        tokio::select! {
+            m = stream.message() => return m,
+            _ = tokio::time::sleep_until(at) => {
+                *trim_at = None;
+                crate::app::release_free_memory();
+            }
+        }
+    }
 }
 
 fn handle_sotw(app: &Arc<App>, state: &mut State, resp: &mut DiscoveryResponse) -> Outcome {
@@ -148,7 +174,7 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
             .get(t)
             .map(|m| m.iter().map(|(n, e)| (n.to_string(), e.version.to_string())).collect())
             .unwrap_or_default();
-        let names = state.types.get(t).map(|s| s.names.iter().cloned().collect()).unwrap_or_default();
+        let names = state.types.get(t).map(|s| s.names.iter().map(|n| n.to_string()).collect()).unwrap_or_default();
         tx.send(DeltaDiscoveryRequest {
             node: Some(state.node.clone()),
             type_url: t.to_string(),
@@ -159,12 +185,15 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
     }
     let mut stream = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
     metrics().xds_connected.set(1);
-    while let Some(mut resp) = stream.message().await? {
+    let mut trim_at = None;
+    while let Some(mut resp) = next_message(&mut stream, &mut trim_at).await? {
         let out = handle_delta(app, state, &mut resp, &dump);
-        record(app, state, &resp.type_url, &out);
+        let (type_url, nonce) = (std::mem::take(&mut resp.type_url), std::mem::take(&mut resp.nonce));
+        drop(resp);
+        record(app, state, &type_url, &out, &mut trim_at);
         tx.send(DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
+            type_url,
+            response_nonce: nonce,
             error_detail: nack_status(&out.error),
             ..Default::default()
         })?;

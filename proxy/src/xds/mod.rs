@@ -40,7 +40,8 @@ pub struct DumpEntry {
 #[derive(Default)]
 pub struct XdsDump {
     /// type URL → name → entry.
-    pub resources: Mutex<BTreeMap<&'static str, BTreeMap<Box<str>, DumpEntry>>>,
+    /// The names are shared with the rest of the xDS state.
+    pub resources: Mutex<BTreeMap<&'static str, BTreeMap<Arc<str>, DumpEntry>>>,
 }
 
 impl XdsDump {
@@ -53,7 +54,7 @@ impl XdsDump {
                 .iter()
                 .map(|(name, e)| {
                     serde_json::json!({
-                        "name": name,
+                        "name": &**name,
                         "version_info": &*e.version,
                         "last_updated": &*e.updated,
                         "resource": crate::translate::resource::to_json_encoded(&pool, type_url, &e.resource),

@@ -16,109 +16,132 @@ use crate::translate::resource::{self, Resource, CLUSTER, ENDPOINT, LISTENER, RO
 pub struct TypeState {
     pub version: String,
     pub nonce: String,
-    pub names: BTreeSet<String>,
+    pub names: BTreeSet<Arc<str>>,
     /// At least one response of this type has been accepted.
     pub accepted: bool,
 }
 
 /// The accepted dynamic resources. Each map is shared (copy on write): an update copies only
 /// the maps it changes, and only their entries' handles, so that it can be rolled back.
+/// The large maps (clusters and endpoints, one entry per service) have shared keys too, so that
+/// such a copy allocates only its table.
 #[derive(Default, Clone)]
 pub struct Store {
     pub listeners: Arc<BTreeMap<String, ListenerConfig>>,
-    pub clusters: Arc<BTreeMap<String, Arc<ClusterConfig>>>,
+    pub clusters: Arc<HashMap<Arc<str>, Arc<ClusterConfig>>>,
     pub routes: Arc<HashMap<String, Arc<RouteTable>>>,
-    pub endpoints: Arc<HashMap<String, Arc<[EndpointConfig]>>>,
+    pub endpoints: Arc<HashMap<Arc<str>, Arc<[EndpointConfig]>>>,
+}
+
+/// Names held in many places (above all the clusters' and EDS services': store keys, configs,
+/// snapshot, stats, config dump), one allocation each.
+#[derive(Default)]
+pub struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(name) {
+            return a.clone();
+        }
+        let a: Arc<str> = name.into();
+        self.0.insert(a.clone());
+        a
+    }
+
+    /// The shared form of `name`: the one held, else this one (now held).
+    pub fn adopt(&mut self, name: &Arc<str>) -> Arc<str> {
+        if let Some(a) = self.0.get(&**name) {
+            return a.clone();
+        }
+        self.0.insert(name.clone());
+        name.clone()
+    }
+
+    /// Forgets the names that nothing else holds any more.
+    pub fn prune(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
 }
 
 impl Store {
-    /// Removes `gone` and stores `decoded` (of type `t`); returns the names stored. A resource
-    /// equal to the one held keeps the held one, so that resending the same config shares (and
-    /// rebuilds) nothing.
-    fn update(&mut self, t: &str, gone: &[String], decoded: Vec<(String, Resource)>) -> Vec<String> {
-        fn apply<V>(
-            m: &mut Arc<impl MapLike<V>>,
-            gone: &[String],
-            decoded: Vec<(String, Resource)>,
-            value: impl Fn(Resource) -> Option<V>,
-            same: impl Fn(&V, &V) -> bool,
-        ) -> Vec<String> {
-            let m = Arc::make_mut(m);
-            for name in gone {
-                m.remove_key(name);
-            }
-            let mut names = Vec::with_capacity(decoded.len());
-            for (name, r) in decoded {
-                if let Some(v) = value(r) {
-                    if m.get_key(&name).is_none_or(|old| !same(old, &v)) {
-                        m.insert_key(name.clone(), v);
-                    }
-                }
-                names.push(name);
-            }
-            names
-        }
+    /// Removes `gone` and stores `decoded` (of type `t`); returns the names stored. A cluster or
+    /// endpoint set equal to the one held keeps the held one, so that resending the same config
+    /// allocates (and rebuilds) nothing.
+    fn update(
+        &mut self,
+        t: &str,
+        gone: &[String],
+        decoded: Vec<(String, Resource)>,
+        shared: &mut Names,
+    ) -> Vec<String> {
+        let mut names = Vec::with_capacity(decoded.len());
         match t {
-            LISTENER => apply(
-                &mut self.listeners,
-                gone,
-                decoded,
-                |r| if let Resource::Listener(l) = r { Some(l) } else { None },
-                |_, _| false,
-            ),
-            CLUSTER => apply(
-                &mut self.clusters,
-                gone,
-                decoded,
-                |r| if let Resource::Cluster(c) = r { Some(Arc::new(c)) } else { None },
-                |a, b| a == b,
-            ),
-            ROUTE => apply(
-                &mut self.routes,
-                gone,
-                decoded,
-                |r| if let Resource::Routes(t) = r { Some(t) } else { None },
-                |_, _| false,
-            ),
-            _ => apply(
-                &mut self.endpoints,
-                gone,
-                decoded,
-                |r| if let Resource::Endpoints(e) = r { Some(e.into()) } else { None },
-                |a, b| a == b,
-            ),
+            LISTENER => {
+                let m = Arc::make_mut(&mut self.listeners);
+                gone.iter().for_each(|n| drop(m.remove(n)));
+                for (name, r) in decoded {
+                    if let Resource::Listener(l) = r {
+                        m.insert(name.clone(), l);
+                    }
+                    names.push(name);
+                }
+            }
+            ROUTE => {
+                let m = Arc::make_mut(&mut self.routes);
+                gone.iter().for_each(|n| drop(m.remove(n)));
+                for (name, r) in decoded {
+                    if let Resource::Routes(table) = r {
+                        m.insert(name.clone(), table);
+                    }
+                    names.push(name);
+                }
+            }
+            CLUSTER => {
+                let changes = decoded.iter().any(|(name, r)| match r {
+                    Resource::Cluster(c) => self.clusters.get(name.as_str()).is_none_or(|old| **old != *c),
+                    _ => false,
+                });
+                if changes || !gone.is_empty() {
+                    let m = Arc::make_mut(&mut self.clusters);
+                    gone.iter().for_each(|n| drop(m.remove(n.as_str())));
+                    for (name, r) in decoded {
+                        if let Resource::Cluster(mut c) = r {
+                            if m.get(name.as_str()).is_none_or(|old| **old != c) {
+                                c.name = shared.adopt(&c.name);
+                                if let config::DiscoveryType::Eds(service) = &mut c.discovery {
+                                    *service = shared.adopt(service);
+                                }
+                                m.insert(c.name.clone(), Arc::new(c));
+                            }
+                        }
+                        names.push(name);
+                    }
+                } else {
+                    names.extend(decoded.into_iter().map(|(name, _)| name));
+                }
+            }
+            _ => {
+                let changes = decoded.iter().any(|(name, r)| match r {
+                    Resource::Endpoints(e) => self.endpoints.get(name.as_str()).is_none_or(|old| **old != **e),
+                    _ => false,
+                });
+                if changes || !gone.is_empty() {
+                    let m = Arc::make_mut(&mut self.endpoints);
+                    gone.iter().for_each(|n| drop(m.remove(n.as_str())));
+                    for (name, r) in decoded {
+                        if let Resource::Endpoints(e) = r {
+                            if m.get(name.as_str()).is_none_or(|old| **old != *e) {
+                                m.insert(shared.get(&name), e.into());
+                            }
+                        }
+                        names.push(name);
+                    }
+                } else {
+                    names.extend(decoded.into_iter().map(|(name, _)| name));
+                }
+            }
         }
-    }
-}
-
-/// The two map types of the store, behind one interface.
-trait MapLike<V>: Clone {
-    fn remove_key(&mut self, k: &str);
-    fn get_key(&self, k: &str) -> Option<&V>;
-    fn insert_key(&mut self, k: String, v: V);
-}
-
-impl<V: Clone> MapLike<V> for BTreeMap<String, V> {
-    fn remove_key(&mut self, k: &str) {
-        self.remove(k);
-    }
-    fn get_key(&self, k: &str) -> Option<&V> {
-        self.get(k)
-    }
-    fn insert_key(&mut self, k: String, v: V) {
-        self.insert(k, v);
-    }
-}
-
-impl<V: Clone> MapLike<V> for HashMap<String, V> {
-    fn remove_key(&mut self, k: &str) {
-        self.remove(k);
-    }
-    fn get_key(&self, k: &str) -> Option<&V> {
-        self.get(k)
-    }
-    fn insert_key(&mut self, k: String, v: V) {
-        self.insert(k, v);
+        names
     }
 }
 
@@ -131,6 +154,7 @@ pub struct State {
     pub types: BTreeMap<&'static str, TypeState>,
     pub store: Store,
     pub version: u64,
+    names: Names,
 }
 
 /// One response, whatever the protocol variant.
@@ -166,8 +190,16 @@ pub fn type_key(url: &str) -> Option<&'static str> {
 impl State {
     pub fn new(node: Node, base: config::Bootstrap, dynamic: config::DynamicConfig) -> State {
         let base_clusters = base.clusters.iter().cloned().map(Arc::new).collect();
-        let mut s =
-            State { node, base, base_clusters, dynamic, types: BTreeMap::new(), store: Store::default(), version: 1 };
+        let mut s = State {
+            node,
+            base,
+            base_clusters,
+            dynamic,
+            types: BTreeMap::new(),
+            store: Store::default(),
+            version: 1,
+            names: Names::default(),
+        };
         s.refresh_subscriptions();
         s
     }
@@ -202,12 +234,14 @@ impl State {
             let listed: HashSet<&str> = decoded.iter().map(|d| d.0.as_str()).collect();
             let existing: Vec<String> = match t {
                 LISTENER => self.store.listeners.keys().filter(|n| !listed.contains(n.as_str())).cloned().collect(),
-                CLUSTER => self.store.clusters.keys().filter(|n| !listed.contains(n.as_str())).cloned().collect(),
+                CLUSTER => {
+                    self.store.clusters.keys().filter(|n| !listed.contains(&***n)).map(|n| n.to_string()).collect()
+                }
                 _ => vec![],
             };
             gone.extend(existing);
         }
-        let names = self.store.update(t, &gone, decoded);
+        let names = self.store.update(t, &gone, decoded, &mut self.names);
         self.version += 1;
         // Listeners whose resource changed (not merely resent): their connections drain.
         let changed: HashSet<String> = if t == LISTENER {
@@ -244,11 +278,24 @@ impl State {
             }
             for (name, (_, version, any)) in names.into_iter().zip(u.resources) {
                 let version = if version.is_empty() { update_version.clone() } else { version.into() };
-                let resource = std::mem::take(&mut any.value).into_boxed_slice();
-                let entry = super::DumpEntry { version, updated: now.clone(), resource };
-                by_name.insert(name.into(), entry);
+                match by_name.get_mut(name.as_str()) {
+                    // A resend: the bytes held stay (no churn of long-lived allocations).
+                    Some(e) => {
+                        if *e.resource != *any.value {
+                            e.resource = std::mem::take(&mut any.value).into_boxed_slice();
+                        }
+                        e.version = version;
+                        e.updated = now.clone();
+                    }
+                    None => {
+                        let resource = std::mem::take(&mut any.value).into_boxed_slice();
+                        let entry = super::DumpEntry { version, updated: now.clone(), resource };
+                        by_name.insert(self.names.get(&name), entry);
+                    }
+                }
             }
         }
+        self.names.prune();
         let ts = self.types.entry(t).or_default();
         ts.version = u.version.to_string();
         ts.accepted = true;
@@ -291,11 +338,11 @@ impl State {
         let mut out = Vec::new();
         for (t, names) in [(ROUTE, &rds), (ENDPOINT, &eds)] {
             let ts = self.types.entry(t).or_default();
-            if !ts.names.iter().map(String::as_str).eq(names.iter().copied()) {
+            if !ts.names.iter().map(|n| &**n).eq(names.iter().copied()) {
                 let added = names.iter().filter(|n| !ts.names.contains(**n)).map(|n| n.to_string()).collect();
-                let removed = ts.names.iter().filter(|n| !names.contains(n.as_str())).cloned().collect();
+                let removed = ts.names.iter().filter(|n| !names.contains(&***n)).map(|n| n.to_string()).collect();
                 out.push(SubChange { type_url: t, added, removed });
-                ts.names = names.iter().map(|n| n.to_string()).collect();
+                ts.names = names.iter().map(|n| self.names.get(n)).collect();
             }
         }
         // Copy a map (its handles) only when something in it goes.
@@ -303,9 +350,9 @@ impl State {
             let keep: HashSet<String> = rds.iter().map(|n| n.to_string()).collect();
             Arc::make_mut(&mut self.store.routes).retain(|k, _| keep.contains(k));
         }
-        if self.store.endpoints.keys().any(|k| !eds.contains(k.as_str())) {
+        if self.store.endpoints.keys().any(|k| !eds.contains(&**k)) {
             let keep: HashSet<String> = eds.iter().map(|n| n.to_string()).collect();
-            Arc::make_mut(&mut self.store.endpoints).retain(|k, _| keep.contains(k));
+            Arc::make_mut(&mut self.store.endpoints).retain(|k, _| keep.contains(&**k));
         }
         out
     }
@@ -350,5 +397,104 @@ impl State {
     pub fn initialized(&self) -> bool {
         let ok = |t| self.types.get(t).is_some_and(|s| s.accepted);
         (!self.dynamic.lds || ok(LISTENER)) && (!self.dynamic.cds || ok(CLUSTER))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn any(type_url: &str, json: serde_json::Value) -> Any {
+        let pool = crate::translate::descriptor_pool();
+        let desc = pool.get_message_by_name(crate::translate::type_name(type_url)).unwrap();
+        let value = prost_reflect::DynamicMessage::deserialize(desc, json).unwrap().encode_to_vec();
+        Any { type_url: type_url.to_string(), value }
+    }
+
+    fn cluster(name: &str) -> Any {
+        any(
+            CLUSTER,
+            serde_json::json!({"name": name, "type": "EDS", "connect_timeout": "1s",
+                "eds_cluster_config": {"eds_config": {"ads": {}}, "service_name": name}}),
+        )
+    }
+
+    fn endpoints(name: &str, port: u32) -> Any {
+        any(
+            ENDPOINT,
+            serde_json::json!({"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": port}}}}]}]}),
+        )
+    }
+
+    fn state() -> State {
+        let yaml = "node: { id: n, cluster: c }\ndynamic_resources:\n  cds_config: { ads: {} }\n  ads_config: { api_type: GRPC, grpc_services: [{ envoy_grpc: { cluster_name: xds } }] }\nstatic_resources:\n  clusters:\n  - name: xds\n    connect_timeout: 1s\n    load_assignment: { cluster_name: xds, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 1 } } } }] }] }\n";
+        let b =
+            crate::translate::translate_bootstrap(&crate::translate::parse_bootstrap(yaml, false).unwrap()).unwrap();
+        let dynamic = b.dynamic.clone().unwrap();
+        State::new(Node::default(), b, dynamic)
+    }
+
+    fn update<'a>(t: &'static str, resources: &'a mut [Any], replace_all: bool) -> Update<'a> {
+        Update {
+            type_url: t,
+            version: "v1",
+            nonce: "n",
+            resources: resources.iter_mut().map(|a| (None, "", a)).collect(),
+            removed: &[],
+            replace_all,
+        }
+    }
+
+    #[test]
+    fn names_are_shared_and_resent_resources_keep_what_is_held() {
+        let mut s = state();
+        let dump = super::super::XdsDump::default();
+        let ok = |_: Inputs, _: &HashSet<String>| Ok(());
+        let out = s.handle(update(CLUSTER, &mut [cluster("a"), cluster("b")], true), ok, &dump);
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let out = s.handle(update(ENDPOINT, &mut [endpoints("a", 1), endpoints("b", 2)], false), ok, &dump);
+        assert!(out.error.is_none(), "{:?}", out.error);
+
+        // One allocation per name: store keys, the config, its EDS service, the subscription,
+        // the endpoints' key and the dump's keys.
+        let (key, config) = s.store.clusters.get_key_value("a").unwrap();
+        assert!(Arc::ptr_eq(key, &config.name));
+        let config::DiscoveryType::Eds(service) = &config.discovery else { panic!("EDS") };
+        assert!(Arc::ptr_eq(key, service));
+        assert!(Arc::ptr_eq(key, s.types[ENDPOINT].names.get("a").unwrap()));
+        assert!(Arc::ptr_eq(key, s.store.endpoints.get_key_value("a").unwrap().0));
+        {
+            let res = dump.resources.lock().unwrap();
+            assert!(Arc::ptr_eq(key, res[CLUSTER].get_key_value("a").unwrap().0));
+            assert!(Arc::ptr_eq(key, res[ENDPOINT].get_key_value("a").unwrap().0));
+        }
+
+        // Resent unchanged: the same config, endpoints and dumped bytes stay.
+        let (held, eps) = (config.clone(), s.store.endpoints["a"].clone());
+        let bytes = dump.resources.lock().unwrap()[CLUSTER]["a"].resource.as_ptr();
+        assert!(s.handle(update(CLUSTER, &mut [cluster("a"), cluster("b")], true), ok, &dump).error.is_none());
+        assert!(s
+            .handle(update(ENDPOINT, &mut [endpoints("a", 1), endpoints("b", 3)], false), ok, &dump)
+            .error
+            .is_none());
+        assert!(Arc::ptr_eq(&held, &s.store.clusters["a"]));
+        assert!(Arc::ptr_eq(&eps, &s.store.endpoints["a"]));
+        assert_eq!(s.store.endpoints["b"][0], EndpointConfig::Ip { addr: ([10, 0, 0, 1], 3).into(), weight: 1 });
+        assert_eq!(dump.resources.lock().unwrap()[CLUSTER]["a"].resource.as_ptr(), bytes);
+
+        // A cluster gone (state of the world) takes its endpoints, subscription and dump entry.
+        assert!(s.handle(update(CLUSTER, &mut [cluster("a")], true), ok, &dump).error.is_none());
+        assert!(!s.store.clusters.contains_key("b") && !s.store.endpoints.contains_key("b"));
+        assert!(!s.types[ENDPOINT].names.contains("b"));
+        assert!(!dump.resources.lock().unwrap()[CLUSTER].contains_key("b"));
+
+        // A failed apply restores the store.
+        let fail = |_: Inputs, _: &HashSet<String>| Err("bind".to_string());
+        let out = s.handle(update(CLUSTER, &mut [cluster("c")], true), fail, &dump);
+        assert_eq!(out.error.as_deref(), Some("bind"));
+        assert!(s.store.clusters.contains_key("a") && !s.store.clusters.contains_key("c"));
+        assert!(s.types[ENDPOINT].names.contains("a") && !s.types[ENDPOINT].names.contains("c"));
     }
 }

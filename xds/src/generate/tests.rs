@@ -182,61 +182,6 @@ fn namespace_scoped_export_is_refused_rather_than_widened() {
     assert!(errors[0].to_string().contains("spec.exportTo") && errors[0].to_string().contains("se.yaml"), "{errors:?}");
 }
 
-/// `SERVICES` ServiceEntries as the scale bench writes them (`svc-i.scale.svc.cluster.local`, one
-/// HTTP port 8080, STATIC, 3 endpoints).
-pub(crate) fn scale_registry(services: usize) -> Registry {
-    use crate::istio::model::{Port, Resolution, ServiceEntry, WorkloadEntry};
-    let mut reg = Registry::default();
-    for i in 0..services {
-        let (a, b) = (i / 250, i % 250);
-        let meta =
-            crate::istio::model::Metadata { name: format!("svc-{i}"), namespace: "scale".into(), ..Default::default() };
-        let se = ServiceEntry {
-            hosts: vec![format!("svc-{i}.scale.svc.cluster.local")],
-            ports: vec![Port { number: 8080, protocol: "HTTP".into(), name: "http".into(), target_port: None }],
-            resolution: Resolution::Static,
-            endpoints: (1..=3)
-                .map(|o| WorkloadEntry { address: format!("10.{a}.{b}.{o}"), ..Default::default() })
-                .collect(),
-            ..Default::default()
-        };
-        reg.service_entries.push((meta, se));
-    }
-    reg
-}
-
-/// Generation time for 10,000 services, as the server generates (no acceptance check):
-/// `cargo test --release -p outrigger-xds -- --ignored --nocapture generation_time`.
-#[test]
-#[ignore]
-fn generation_time_10k_services() {
-    let reg = scale_registry(10_000);
-    let p = ProxyInfo { namespace: "scale".into(), ..Default::default() };
-    // On-CPU time of this thread as well as wall time: the machine may be busy with other work.
-    let cpu = || -> Option<std::time::Duration> {
-        let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        Some(std::time::Duration::from_nanos(s.split_whitespace().next()?.parse().ok()?))
-    };
-    let (mut wall, mut on_cpu) = (vec![], vec![]);
-    for _ in 0..7 {
-        let (t, c) = (std::time::Instant::now(), cpu());
-        let res = generate_with(&reg, &p, false).unwrap();
-        wall.push(t.elapsed());
-        on_cpu.extend(c.zip(cpu()).map(|(a, b)| b - a));
-        assert_eq!(res[CLUSTER].len(), 10_000 + 3);
-        assert_eq!(res[ENDPOINT].len(), 10_000);
-    }
-    wall.sort();
-    on_cpu.sort();
-    eprintln!(
-        "generate_with(10,000 services): wall min {:?} median {:?}; on-CPU min {:?} median {:?}",
-        wall[0],
-        wall[3],
-        on_cpu.first().copied().unwrap_or_default(),
-        on_cpu.get(3).copied().unwrap_or_default()
-    );
-}
-
 #[test]
 fn load_assignments_are_the_ones_generate_serves() {
     let reg = bookinfo();

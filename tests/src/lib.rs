@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod netns;
 pub mod proxy;
+pub mod raw_upstream;
 pub mod xds;
 
 pub use backend::{Backend, TcpServer};

@@ -27,8 +27,16 @@ pub async fn serve<IO>(
     let cfg = hcm.config.clone();
     hcm.stats.cx.inc();
     hcm.stats.cx_active.inc();
-    let ctx =
-        Arc::new(ConnCtx { live, hcm: hcm.clone(), peer, original_dst, tls: false, activity: Default::default() });
+    let gate = Arc::new(smuggling::Gate::default());
+    let ctx = Arc::new(ConnCtx {
+        live,
+        hcm: hcm.clone(),
+        peer,
+        original_dst,
+        tls: false,
+        activity: Default::default(),
+        gate: gate.clone(),
+    });
     let activity = ctx.clone();
     let svc = service_fn(move |req| router::handle(ctx.clone(), req));
 
@@ -48,12 +56,15 @@ pub async fn serve<IO>(
     if let Some(w) = cfg.h2_initial_connection_window {
         b.http2().initial_connection_window_size(w);
     }
-    let b = match cfg.codec {
-        Codec::Auto => b,
-        Codec::Http1 => b.http1_only(),
-        Codec::Http2 => b.http2_only(),
+    let (b, codec) = match cfg.codec {
+        Codec::Auto => (b, smuggling::Codec::Auto),
+        Codec::Http1 => (b.http1_only(), smuggling::Codec::Http1),
+        Codec::Http2 => (b.http2_only(), smuggling::Codec::Http2),
     };
-    let io = smuggling::Guarded::new(io, cfg.max_request_headers_bytes, cfg.max_headers_count);
+    // hyper's head buffer is never below 8 KiB; the guard refuses a head where hyper would
+    // answer 431, so that hyper does answer it.
+    let max_head = cfg.max_request_headers_bytes.max(8192);
+    let io = smuggling::Guarded::new(io, codec, gate, max_head, cfg.max_headers_count);
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

@@ -32,6 +32,8 @@ pub struct ConnCtx {
     pub tls: bool,
     /// For the connection idle timeout: requests being handled, and when the last one ended.
     pub activity: Activity,
+    /// Shared with the connection's HTTP/1 framing guard.
+    pub gate: Arc<smuggling::Gate>,
 }
 
 /// A connection is idle when no request is being handled; `last` is when that started.
@@ -92,17 +94,32 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
     hcm.stats.rq.inc();
     hcm.stats.rq_active.inc();
     ctx.activity.begin();
+    let ticket = ctx.gate.start();
+    let is_connect = req.method() == Method::CONNECT;
     let mut log = hcm.log.as_ref().map(|l| Box::new(LogRecord::new(l.clone(), &ctx, &req)));
-    let resp = match proxy(&ctx, req, &mut log).await {
+    let result = if ticket.refused() {
+        tracing::debug!(peer = %ctx.peer, "rejected ambiguous or invalid request framing");
+        Err(Flag::DownstreamProtocolError)
+    } else {
+        proxy(&ctx, req, &mut log).await
+    };
+    let resp = match result {
         Ok(r) => r,
         Err(flag) => {
-            let r = local_reply::for_flag(flag);
+            let mut r = local_reply::for_flag(flag);
+            if flag == Flag::DownstreamProtocolError {
+                // What follows a framing error cannot be parsed: the connection ends here.
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             if let Some(l) = log.as_mut() {
                 l.entry.response_flags = flag.as_str().into();
             }
             r
         }
     };
+    // hyper switches the connection to a tunnel exactly on these answers.
+    let status = resp.status();
+    ticket.finish(status == StatusCode::SWITCHING_PROTOCOLS || (is_connect && status.is_success()));
     hcm.stats.rq_active.dec();
     ctx.activity.end();
     hcm.stats.response(resp.status().as_u16());
@@ -148,12 +165,6 @@ async fn proxy(
     log: &mut Option<Box<LogRecord>>,
 ) -> Result<Response<ProxyBody>, Flag> {
     let cfg = &ctx.hcm.config;
-    if req.headers().contains_key(&smuggling::MARKER) {
-        tracing::debug!(peer = %ctx.peer, "rejected ambiguous request framing (Content-Length)");
-        let mut r = local_reply::response(StatusCode::BAD_REQUEST, "Bad Request");
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(r);
-    }
     let Some(host) = host_of(&req).map(str::to_string) else {
         return Ok(local_reply::response(StatusCode::BAD_REQUEST, "missing host header"));
     };

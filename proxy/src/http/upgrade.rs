@@ -13,8 +13,12 @@ use super::local_reply::Flag;
 use super::upstream::open;
 use crate::upstream::{Cluster, Endpoint};
 
-/// The upgrade protocol the client asks for, lower-cased (`websocket`), if any.
+/// The upgrade protocol the client asks for, lower-cased (`websocket`), if any. Only HTTP/1.1
+/// upgrades (hyper, like Envoy, switches protocols on no other version).
 pub fn requested<B>(req: &Request<B>) -> Option<String> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
     let conn = req.headers().get(header::CONNECTION)?.to_str().ok()?;
     if !conn.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")) {
         return None;

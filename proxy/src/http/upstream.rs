@@ -130,7 +130,11 @@ async fn send_h2(
 }
 
 fn classify(e: &hyper::Error) -> Flag {
-    if e.is_parse() || e.is_parse_status() {
+    // The request body failed while being sent: that body is the downstream's (a malformed
+    // chunked body, or the client went away), so it is the client's error, not the upstream's.
+    if e.is_user() && std::error::Error::source(e).is_some_and(|s| s.is::<hyper::Error>()) {
+        Flag::DownstreamProtocolError
+    } else if e.is_parse() || e.is_parse_status() {
         Flag::UpstreamProtocolError
     } else if e.is_canceled() || e.is_incomplete_message() || e.is_closed() {
         Flag::UpstreamConnectionTermination

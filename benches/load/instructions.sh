@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# benches/load/instructions.sh — instructions per request on the plain route, under callgrind.
+#
+# Instruction counts do not depend on what else the machine is doing, so this is the figure to
+# compare before and after a data-path change on a busy 2-core VM (the CPU-time ratios of
+# run.sh need a quiet machine). One proxy worker, one keep-alive connection, a fixed-response
+# backend; counters are zeroed after a warm-up and dumped after $REQUESTS requests.
+#
+#   benches/load/instructions.sh [path/to/outrigger]   # default: target/release/outrigger
+#   REQUESTS=5000 benches/load/instructions.sh
+set -euo pipefail
+BIN=${1:-target/release/outrigger}
+REQUESTS=${REQUESTS:-3000}
+WARMUP=${WARMUP:-300}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+BACKEND_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+# Backend: answers every request head with a fixed 200 (requests carry no body).
+python3 - "$BACKEND_PORT" <<'PY' &
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(64)
+def serve(c):
+    buf = b""
+    while True:
+        d = c.recv(65536)
+        if not d: return
+        buf += d
+        while b"\r\n\r\n" in buf:
+            _, buf = buf.split(b"\r\n\r\n", 1)
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+while True:
+    c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+
+cat > "$WORK/bootstrap.yaml" <<YAML
+static_resources:
+  listeners:
+  - name: http
+    address: {socket_address: {address: 127.0.0.1, port_value: $PROXY_PORT}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - {name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: app}}]}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: app
+    type: STATIC
+    load_assignment:
+      cluster_name: app
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $BACKEND_PORT}}}}]}]
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+YAML
+
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" "$BIN" -c "$WORK/bootstrap.yaml" --concurrency 1 \
+  >"$WORK/proxy.log" 2>&1 &
+VG=$!
+
+client() {
+  python3 - "$PROXY_PORT" "$1" <<'PY'
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(600):
+    try:
+        s = socket.create_connection(("127.0.0.1", port)); break
+    except OSError:
+        time.sleep(0.1)
+req = b"GET /plain HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions.sh\r\nAccept: */*\r\n\r\n"
+for _ in range(n):
+    s.sendall(req)
+    buf = b""
+    while not (b"\r\n\r\n" in buf and buf.endswith(b"ok")):
+        buf += s.recv(65536)
+PY
+}
+client "$WARMUP"
+callgrind_control -z "$VG" >/dev/null 2>&1
+client "$REQUESTS"
+callgrind_control -d "$VG" >/dev/null 2>&1
+sleep 1
+kill "$VG"; wait "$VG" 2>/dev/null || true
+DUMP=$(ls "$WORK"/cg.*.1 2>/dev/null | head -1)
+TOTAL=$(grep -m1 '^summary:' "$DUMP" | awk '{print $2}')
+echo "binary: $BIN"
+echo "requests: $REQUESTS"
+echo "instructions per request: $((TOTAL / REQUESTS))"

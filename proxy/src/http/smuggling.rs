@@ -7,6 +7,7 @@
 //! renames every `Content-Length` to the same-length marker `x-outrigger-cl` before hyper parses it.
 //! The router answers any request carrying the marker with 400 and `connection: close`, so the
 //! request never reaches an upstream.
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -43,6 +44,10 @@ pub struct Guarded<IO> {
     max_head: usize,
     max_headers: usize,
     eof: bool,
+    /// `request_headers_timeout`: how long a head may stay incomplete (from its first byte, as
+    /// in Envoy), and the running deadline while one is.
+    head_timeout: Option<std::time::Duration>,
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Guarded<IO> {
@@ -57,7 +62,15 @@ impl<IO> Guarded<IO> {
             max_head,
             max_headers,
             eof: false,
+            head_timeout: None,
+            head_deadline: None,
         }
+    }
+
+    /// Closes the connection (a read error) when a head stays incomplete for `timeout`.
+    pub fn with_head_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.head_timeout = timeout;
+        self
     }
 
     /// Runs the framing state machine over `data` in place (renaming ambiguous headers) and
@@ -244,6 +257,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 return Poll::Ready(Ok(()));
             }
             if this.held.is_empty() {
+                this.head_deadline = None;
                 if this.state == State::Pass {
                     return Pin::new(&mut this.io).poll_read(cx, buf);
                 }
@@ -279,6 +293,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             let r = Pin::new(&mut this.io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
             this.held.truncate(before + n);
+            if r.is_pending() {
+                if let Some(t) = this.head_timeout {
+                    let d = this.head_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                    if d.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request headers timeout")));
+                    }
+                }
+                return Poll::Pending;
+            }
             ready!(r)?;
             if n == 0 {
                 this.eof = true;

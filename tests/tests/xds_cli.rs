@@ -1,6 +1,7 @@
 //! `outrigger-xds validate DIR`: every error with file, document and field; exit 1 if any.
 use std::process::Command;
 
+use outrigger_tests::ads::{CLUSTER, ENDPOINT};
 use outrigger_tests::proxy::{temp_dir, xds_binary};
 use outrigger_tests::xds::ControlPlane;
 
@@ -74,7 +75,7 @@ async fn control_plane_records_nacks_and_acks_per_proxy() {
         id: "sidecar~10.0.0.10~productpage-v1.bookinfo~bookinfo.svc.cluster.local".into(),
         ..Default::default()
     };
-    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_string();
+    let cds = CLUSTER.to_string();
     tx.send(DiscoveryRequest { node: Some(node.clone()), type_url: cds.clone(), ..Default::default() }).unwrap();
     let mut stream = client
         .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
@@ -153,7 +154,7 @@ async fn a_burst_of_changes_is_pushed_once() {
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let node = Node { id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(), ..Default::default() };
-    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_string();
+    let cds = CLUSTER.to_string();
     tx.send(DiscoveryRequest { node: Some(node), type_url: cds.clone(), ..Default::default() }).unwrap();
     let mut stream = client
         .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
@@ -236,10 +237,7 @@ async fn an_endpoint_change_pushes_only_that_assignment_and_traffic_follows() {
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let node = Node { id: "sidecar~10.0.0.1~x.t~t.svc.cluster.local".into(), ..Default::default() };
-    let (cds, eds) = (
-        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-    );
+    let (cds, eds) = (CLUSTER, ENDPOINT);
     let names: Vec<String> =
         ["a", "b", "c"].iter().map(|n| format!("outbound|8080||{n}.t.svc.cluster.local")).collect();
     tx.send(DiscoveryRequest { node: Some(node), type_url: cds.into(), ..Default::default() }).unwrap();

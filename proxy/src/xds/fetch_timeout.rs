@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::state::State;
 use crate::config::{self, NetworkFilter, RouteSource, RouteTable};
-use crate::translate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use outrigger_api::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 /// What is still awaited: (type, name, deadline).
 type Pending = (&'static str, Arc<str>, Instant);

@@ -23,12 +23,10 @@ fn proxy(labels: &[(&str, &str)]) -> ProxyInfo {
 
 /// Generated resources back as JSON, by type and name.
 fn generated(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
-    let pool = outrigger_proxy::translate::descriptor_pool();
+    let pool = outrigger_api::descriptor_pool();
     let res = generate(reg, p).unwrap();
     res.into_iter()
-        .map(|(t, by)| {
-            (t, by.into_iter().map(|(n, a)| (n, outrigger_proxy::translate::resource::to_json(&pool, &a))).collect())
-        })
+        .map(|(t, by)| (t, by.into_iter().map(|(n, a)| (n, outrigger_api::json::to_json(&pool, &a))).collect()))
         .collect()
 }
 

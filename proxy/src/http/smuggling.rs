@@ -309,6 +309,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             }
             let mut held = std::mem::take(&mut this.held);
             let ok = this.process(&mut held);
+            if ok > 0 {
+                // A head completed: what is held now is the next one, with its own deadline.
+                this.head_deadline = None;
+            }
             this.held = held.split_off(ok);
             this.out = held;
         }

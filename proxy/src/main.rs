@@ -74,7 +74,7 @@ struct MeshArgs {
     labels: String,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// The credential the CA checks (used once the CA client exists).
+    /// The credential the CA checks. Not implemented yet (there is no CA client): refused.
     #[arg(long)]
     token_file: Option<PathBuf>,
     #[arg(long, default_value_t = 15000)]
@@ -117,6 +117,11 @@ fn main() -> ExitCode {
                 eprintln!(
                     "error: --ca-address: mTLS certificates are not implemented yet; refusing to run without them"
                 );
+                return ExitCode::from(2);
+            }
+            // Accepting a credential that nothing reads would look like authentication is set up.
+            if m.token_file.is_some() {
+                eprintln!("error: --token-file: there is no CA client yet to present the token to; refusing it");
                 return ExitCode::from(2);
             }
             let labels = match modes::parse_labels(&m.labels) {

@@ -90,8 +90,9 @@ dynamic_resources:
     api_type: {api}
     transport_api_version: V3
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds-grpc }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  # As Istio's bootstrap: a sidecar is not ready before its control plane has answered.
+  lds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3, initial_fetch_timeout: 0s }}
 static_resources:
   clusters:
   - name: xds-grpc

@@ -170,8 +170,11 @@ impl Snapshot {
             };
             let chains = l.filter_chains.iter().map(chain).collect::<Result<Vec<_>, _>>()?;
             let default_chain = l.default_filter_chain.as_ref().map(chain).transpose()?;
-            // Port 0 is not an address yet (the snapshot is rebuilt once bound): no series for it.
-            let stats = if l.address.port() == 0 {
+            // Envoy keys listener stats by stat_prefix when set, else by address. Port 0 is not an
+            // address yet (the snapshot is rebuilt once bound): no series for it.
+            let stats = if let Some(prefix) = &l.stat_prefix {
+                ListenerStats::new(prefix)
+            } else if l.address.port() == 0 {
                 ListenerStats::unregistered()
             } else {
                 ListenerStats::new(&l.address.to_string().replace([':', '[', ']'], "_"))

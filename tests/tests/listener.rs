@@ -122,3 +122,38 @@ async fn transport_protocol_separates_tls_from_plaintext() {
     assert_eq!(tcp_exchange(p.addr("mixed"), b"GET / HTTP/1.1\r\n\r\n").await, b"raw");
     assert_eq!((tls.connections(), raw.connections()), (1, 1));
 }
+
+/// Binds `addr` with SO_REUSEPORT, as a second process sharing the port would.
+fn bind_reuse_port(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(8)?;
+    Ok(s)
+}
+
+#[tokio::test]
+async fn enable_reuse_port_lets_another_socket_share_the_listener_port() {
+    let greet = TcpServer::start(TcpMode::Greet("hi"));
+    let mut shared = listener("shared", "127.0.0.1", vec![tcp_chain("shared", "greet")]);
+    shared["enable_reuse_port"] = json!(true);
+    let exclusive = listener("exclusive", "127.0.0.1", vec![tcp_chain("exclusive", "greet")]);
+    let p = Proxy::start(&bootstrap(vec![shared, exclusive], vec![cluster("greet", &[greet.addr])]));
+    assert!(bind_reuse_port(p.addr("shared")).is_ok(), "SO_REUSEPORT was not set on the listener");
+    assert!(bind_reuse_port(p.addr("exclusive")).is_err(), "a listener without enable_reuse_port was shared");
+    assert_eq!(tcp_exchange(p.addr("exclusive"), b"").await, b"hi");
+}
+
+#[tokio::test]
+async fn listener_stat_prefix_keys_the_listener_stats() {
+    let greet = TcpServer::start(TcpMode::Greet("hi"));
+    let mut named = listener("named", "127.0.0.1", vec![tcp_chain("named", "greet")]);
+    named["stat_prefix"] = json!("edge_in");
+    let p = Proxy::start(&bootstrap(vec![named], vec![cluster("greet", &[greet.addr])]));
+    assert_eq!(tcp_exchange(p.addr("named"), b"").await, b"hi");
+    let series = "envoy_listener_downstream_cx_total{envoy_listener_address=\"edge_in\"}";
+    assert_eq!(p.metric(series), 1.0, "{series}");
+    let by_address = format!("envoy_listener_address=\"127.0.0.1_{}\"", p.addr("named").port());
+    assert!(!p.admin_get("/stats/prometheus").1.contains(&by_address), "stats still keyed by address");
+}

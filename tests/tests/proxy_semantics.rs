@@ -107,3 +107,24 @@ async fn server_header_is_the_proxys_not_the_upstreams() {
     let r = get_h1(p.addr("passthrough"), "x", "/", &[]).await;
     assert_eq!(r.header("server"), Some("echo-backend"));
 }
+
+#[tokio::test]
+async fn xff_num_trusted_hops_picks_the_client_address_from_x_forwarded_for() {
+    let b = Backend::start("app");
+    let mut cfg = simple(&[b.addr]);
+    let hcm = first_filter(&mut cfg, 0);
+    hcm["use_remote_address"] = json!(true);
+    hcm["xff_num_trusted_hops"] = json!(1);
+    let p = Proxy::start(&cfg);
+    let xff = [("x-forwarded-for", "198.51.100.1,203.0.113.9")];
+    let r = get_h1(p.addr("http"), "x", "/hops", &xff).await;
+    // The peer is still what gets appended...
+    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("198.51.100.1,203.0.113.9,127.0.0.1"));
+    // ...but the client is the address the one trusted hop (203.0.113.9's proxy) saw.
+    let log = p.access_log("hops log", |l| l["path"] == "/hops").await;
+    assert_eq!(log["downstream_remote_address"], "203.0.113.9:0");
+    // Without XFF the trusted hop cannot be skipped: the peer is the client.
+    get_h1(p.addr("http"), "x", "/direct", &[]).await;
+    let log = p.access_log("direct log", |l| l["path"] == "/direct").await;
+    assert!(log["downstream_remote_address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{log}");
+}

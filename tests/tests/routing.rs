@@ -204,3 +204,89 @@ async fn direct_response_answers_without_an_upstream() {
     assert!(r.body.is_empty());
     assert_eq!(b.requests(), 0);
 }
+
+#[tokio::test]
+async fn prefix_rewrite_replaces_the_whole_path_of_a_regex_or_exact_match() {
+    let b = Backend::start("app");
+    let routes = json!([
+        {"match": {"safe_regex": {"regex": "/re/[a-z]+"}}, "route": {"cluster": "app", "prefix_rewrite": "/rewritten"}},
+        {"match": {"path": "/exact"}, "route": {"cluster": "app", "prefix_rewrite": "/other"}},
+    ]);
+    let p = Proxy::start(&bootstrap(
+        vec![http_listener("http", json!([vhost("all", &["*"], routes)]))],
+        vec![cluster("app", &[b.addr])],
+    ));
+    let r = get_h1(p.addr("http"), "x", "/re/abc?q=1", &[]).await;
+    assert_eq!(r.json()["path"], "/rewritten?q=1");
+    let r = get_h1(p.addr("http"), "x", "/exact", &[]).await;
+    assert_eq!(r.json()["path"], "/other");
+}
+
+#[tokio::test]
+async fn regex_rewrite_substitutes_every_match_in_the_path() {
+    let b = Backend::start("app");
+    // What istiod generates for a regex uri match with rewrite.uri, plus a capture group.
+    let routes = json!([
+        {"match": {"safe_regex": {"regex": "/v1/.*"}}, "route": {"cluster": "app", "regex_rewrite": {
+            "pattern": {"regex": "^/v1/(\\w+)/(\\w+)"}, "substitution": "/v2/\\2/\\1"}}},
+        {"match": {"prefix": "/dash"}, "route": {"cluster": "app", "regex_rewrite": {
+            "pattern": {"regex": "-"}, "substitution": "_"}}},
+    ]);
+    let p = Proxy::start(&bootstrap(
+        vec![http_listener("http", json!([vhost("all", &["*"], routes)]))],
+        vec![cluster("app", &[b.addr])],
+    ));
+    let r = get_h1(p.addr("http"), "x", "/v1/users/42/tail?a-b=c", &[]).await;
+    assert_eq!(r.json()["path"], "/v2/42/users/tail?a-b=c");
+    // Every match, in the path only (not the query).
+    let r = get_h1(p.addr("http"), "x", "/dash/a-b-c?x-y=1", &[]).await;
+    assert_eq!(r.json()["path"], "/dash/a_b_c?x-y=1");
+}
+
+#[tokio::test]
+async fn redirect_prefix_rewrite_on_an_exact_path_replaces_the_path() {
+    let routes = json!([{"match": {"path": "/old"}, "redirect": {"prefix_rewrite": "/new"}}]);
+    let p = Proxy::start(&bootstrap(vec![http_listener("http", json!([vhost("all", &["*"], routes)]))], vec![]));
+    let r = get_h1(p.addr("http"), "h.test", "/old?x=1", &[]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("http://h.test/new?x=1"));
+}
+
+#[tokio::test]
+async fn route_to_a_missing_cluster_answers_503_with_nc_flag() {
+    let routes = json!([route("/", "nowhere")]);
+    let mut cfg = bootstrap(vec![http_listener("http", json!([vhost("all", &["*"], routes)]))], vec![]);
+    // validate_clusters: false lets a static route name a cluster that does not exist.
+    first_filter(&mut cfg, 0)["route_config"]["validate_clusters"] = json!(false);
+    let p = Proxy::start(&cfg);
+    let r = get_h1(p.addr("http"), "x", "/nc", &[]).await;
+    assert_eq!(r.status, 503);
+    let log = p.access_log("NC log", |l| l["path"] == "/nc").await;
+    assert_eq!(log["response_flags"], "NC");
+    assert_eq!(log["response_code"], 503);
+}
+
+#[tokio::test]
+async fn weighted_clusters_total_weight_must_be_what_the_weights_add_up_to() {
+    let b = Backend::start("a");
+    let routes = |total: u32| {
+        json!([{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"total_weight": total, "clusters": [
+            {"name": "a", "weight": 60}, {"name": "a", "weight": 40}]}}}])
+    };
+    let cfg = |total| {
+        bootstrap(
+            vec![http_listener("http", json!([vhost("all", &["*"], routes(total))]))],
+            vec![cluster("a", &[b.addr])],
+        )
+    };
+    let out = outrigger_tests::proxy::run_to_exit(
+        "bootstrap.json",
+        &serde_json::to_string(&cfg(7)).unwrap(),
+        &["--mode", "validate"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("total_weight"), "{err}");
+    let p = Proxy::start(&cfg(100));
+    assert_eq!(get_h1(p.addr("http"), "x", "/", &[]).await.status, 200);
+}

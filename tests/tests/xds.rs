@@ -249,3 +249,51 @@ async fn removing_a_listener_unsubscribes_its_routes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn initial_fetch_timeout_ends_warming_and_the_proxy_serves_what_it_has() {
+    let ads = AdsServer::start();
+    let with_timeout = |mut source: Value| {
+        source["initial_fetch_timeout"] = json!("1s");
+        source
+    };
+    // `never` waits for routes that never come; `routed` gets routes to an EDS cluster whose
+    // endpoints never come.
+    let mut never = rds_listener("never", "missing-routes");
+    let mut routed = rds_listener("routed", "r");
+    for l in [&mut never, &mut routed] {
+        let hcm = &mut l["filter_chains"][0]["filters"][0]["typed_config"];
+        hcm["rds"]["config_source"] = with_timeout(hcm["rds"]["config_source"].take());
+        hcm["access_log"] =
+            json!([{"name": "stdout", "typed_config": {"@type": outrigger_tests::config::STDOUT_LOG_TYPE}}]);
+    }
+    let mut blue = eds_cluster("blue");
+    blue["eds_cluster_config"]["eds_config"] = with_timeout(blue["eds_cluster_config"]["eds_config"].take());
+    ads.set(LISTENER, vec![never, routed]);
+    ads.set(CLUSTER, vec![blue]);
+    ads.set(ROUTE, vec![weighted_routes("r", &[("blue", 100)])]);
+    // Proxy::start waits for /ready: without the timeout the proxy would never be ready.
+    let p = Proxy::start(&dynamic_bootstrap(ads.addr));
+    let r = get_h1(p.addr("never"), "svc.test", "/", &[]).await;
+    assert_eq!(r.status, 404);
+    let r = get_h1(p.addr("routed"), "svc.test", "/eds", &[]).await;
+    assert_eq!(r.status, 503);
+    // The cluster is there, without endpoints (not a missing cluster).
+    let log = p.access_log("eds log", |l| l["path"] == "/eds").await;
+    assert_eq!(log["response_flags"], "UH");
+}
+
+#[tokio::test]
+async fn set_node_on_first_message_only_sends_the_node_once_per_stream() {
+    let (blue, green) = (Backend::start("blue"), Backend::start("green"));
+    let ads = AdsServer::start();
+    serve_blue_green(&ads, &blue, &green, &[("blue", 100)]);
+    let mut b = dynamic_bootstrap(ads.addr);
+    b["dynamic_resources"]["ads_config"]["set_node_on_first_message_only"] = json!(true);
+    let p = Proxy::start(&b);
+    assert_eq!(backend_name(p.addr("dyn")).await.as_deref(), Some("blue"));
+    let reqs = ads.requests();
+    assert!(reqs.len() > 2, "{} requests", reqs.len());
+    assert_eq!(reqs[0].node.as_ref().map(|n| n.id.as_str()), Some("e2e"));
+    assert!(reqs[1..].iter().all(|r| r.node.is_none()), "the node was sent again");
+}

@@ -161,3 +161,13 @@ fn sidecar_refuses_to_run_without_the_ca_it_was_told_to_use() {
     assert_eq!(st.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&st.stderr).contains("not implemented"));
 }
+
+#[test]
+fn sidecar_refuses_a_token_file_it_cannot_use() {
+    let st = Command::new(binary())
+        .args(["sidecar", "--token-file", "/var/run/secrets/tokens/istio-token"])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("--token-file"));
+}

@@ -59,6 +59,8 @@ pub struct ClusterConfig {
     pub dns_refresh: Duration,
     pub dns_family: DnsFamily,
     pub idle_timeout: Option<Duration>,
+    /// EDS `initial_fetch_timeout`: after it, the cluster is used without endpoints.
+    pub eds_fetch_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

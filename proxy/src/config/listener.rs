@@ -17,6 +17,10 @@ pub struct ListenerConfig {
     pub tls_inspector: bool,
     pub filter_chains: Vec<FilterChainConfig>,
     pub default_filter_chain: Option<FilterChainConfig>,
+    /// `enable_reuse_port: true`: the socket is bound with SO_REUSEPORT.
+    pub reuse_port: bool,
+    /// `stat_prefix`: listener stats are keyed by it instead of the address.
+    pub stat_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,8 +95,13 @@ pub struct HttpConnManagerConfig {
     pub stat_prefix: String,
     pub codec: Codec,
     pub routes: RouteSource,
+    /// RDS `initial_fetch_timeout`: after it, the listener serves with an empty route table.
+    pub rds_fetch_timeout: Option<Duration>,
     pub server_header: ServerHeader,
     pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`: how many addresses at the right of x-forwarded-for were appended by
+    /// trusted proxies (they decide which address is the client's).
+    pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
     pub generate_request_id: bool,
     pub preserve_external_request_id: bool,

@@ -40,4 +40,10 @@ pub struct DynamicConfig {
     pub cds: bool,
     /// Incremental xDS (`api_type: DELTA_GRPC`) rather than state of the world.
     pub delta: bool,
+    /// `initial_fetch_timeout` of `lds_config` / `cds_config`: after it, the proxy is
+    /// initialised (ready) without them.
+    pub lds_fetch_timeout: Option<std::time::Duration>,
+    /// `set_node_on_first_message_only`: the node goes only in a stream's first request.
+    pub node_on_first_message_only: bool,
+    pub cds_fetch_timeout: Option<std::time::Duration>,
 }

@@ -11,6 +11,25 @@ pub struct RouteTable {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
     pub domains: DomainMatcher,
+    /// `validate_clusters` as configured (None: unset, whose default depends on where the table
+    /// comes from: true inline, false over RDS).
+    pub validate_clusters: Option<bool>,
+}
+
+impl RouteTable {
+    /// Every cluster a route of this table can send to.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        self.virtual_hosts.iter().flat_map(|v| v.routes.iter()).flat_map(|r| {
+            let names: Vec<&str> = match &r.action {
+                Action::Route(a) => match &a.target {
+                    WeightedTarget::Single(c) => vec![c.as_str()],
+                    WeightedTarget::Weighted { clusters, .. } => clusters.iter().map(|c| c.0.as_str()).collect(),
+                },
+                _ => vec![],
+            };
+            names
+        })
+    }
 }
 
 /// Envoy's virtual-host search order: exact, then `*.suffix` (longest first), then `prefix.*`
@@ -231,11 +250,20 @@ pub struct RouteAction {
     /// Upstream response-headers timeout; None disables (Envoy's `timeout: 0s`).
     pub timeout: Option<Duration>,
     pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`: every match of the pattern in the path (not the query) is substituted.
+    pub regex_rewrite: Option<RegexRewrite>,
     pub host_rewrite: Option<http::HeaderValue>,
     pub cluster_not_found: StatusCode,
     /// Route-level CONNECT termination (`upgrade_configs[].connect_config`): the proxy answers 200 and
     /// opens a TCP connection to the cluster itself.
     pub terminate_connect: bool,
+}
+
+#[derive(Debug)]
+pub struct RegexRewrite {
+    pub pattern: Regex,
+    /// In the `regex` crate's replacement syntax.
+    pub substitution: String,
 }
 
 #[derive(Debug)]

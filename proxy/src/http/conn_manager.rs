@@ -40,32 +40,82 @@ pub async fn serve<IO>(
     let activity = ctx.clone();
     let svc = service_fn(move |req| router::handle(ctx.clone(), req));
 
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(cfg.max_request_headers_bytes.max(8192))
-        .max_headers(cfg.max_headers_count)
-        .header_read_timeout(cfg.request_headers_timeout);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_request_headers_bytes as u32)
-        .max_concurrent_streams(cfg.h2_max_concurrent_streams.or(Some(1024)));
-    if let Some(w) = cfg.h2_initial_stream_window {
-        b.http2().initial_stream_window_size(w);
-    }
-    if let Some(w) = cfg.h2_initial_connection_window {
-        b.http2().initial_connection_window_size(w);
-    }
-    let (b, codec) = match cfg.codec {
-        Codec::Auto => (b, smuggling::Codec::Auto),
-        Codec::Http1 => (b.http1_only(), smuggling::Codec::Http1),
-        Codec::Http2 => (b.http2_only(), smuggling::Codec::Http2),
+    let codec = match cfg.codec {
+        Codec::Auto => smuggling::Codec::Auto,
+        Codec::Http1 => smuggling::Codec::Http1,
+        Codec::Http2 => smuggling::Codec::Http2,
     };
     // hyper's head buffer is never below 8 KiB; the guard refuses a head where hyper would
     // answer 431, so that hyper does answer it.
     let max_head = cfg.max_request_headers_bytes.max(8192);
-    let io = smuggling::Guarded::new(io, codec, gate, max_head, cfg.max_headers_count);
-    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let io = TokioIo::new(
+        smuggling::Guarded::new(io, codec, gate, max_head, cfg.max_headers_count)
+            .with_head_timeout(cfg.request_headers_timeout),
+    );
+    let idle_timeout = cfg.idle_timeout;
+    // hyper-util's auto builder sniffs the preface even when told one protocol only, so a
+    // fixed codec_type gets hyper's own single-protocol connection instead.
+    match cfg.codec {
+        Codec::Auto => {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .max_buf_size(cfg.max_request_headers_bytes.max(8192))
+                .max_headers(cfg.max_headers_count)
+                .header_read_timeout(None);
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(cfg.max_request_headers_bytes as u32)
+                .max_concurrent_streams(cfg.h2_max_concurrent_streams.or(Some(1024)));
+            if let Some(w) = cfg.h2_initial_stream_window {
+                b.http2().initial_stream_window_size(w);
+            }
+            if let Some(w) = cfg.h2_initial_connection_window {
+                b.http2().initial_connection_window_size(w);
+            }
+            let conn = b.serve_connection_with_upgrades(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), peer, &drain, &activity, idle_timeout).await;
+        }
+        Codec::Http1 => {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .max_buf_size(cfg.max_request_headers_bytes.max(8192))
+                .max_headers(cfg.max_headers_count)
+                .header_read_timeout(None);
+            let conn = b.serve_connection(io, svc).with_upgrades();
+            drive(conn, |c| c.graceful_shutdown(), peer, &drain, &activity, idle_timeout).await;
+        }
+        Codec::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(cfg.max_request_headers_bytes as u32)
+                .max_concurrent_streams(cfg.h2_max_concurrent_streams.or(Some(1024)));
+            if let Some(w) = cfg.h2_initial_stream_window {
+                b.initial_stream_window_size(w);
+            }
+            if let Some(w) = cfg.h2_initial_connection_window {
+                b.initial_connection_window_size(w);
+            }
+            let conn = b.serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), peer, &drain, &activity, idle_timeout).await;
+        }
+    }
+    hcm.stats.cx_active.dec();
+}
+
+/// Runs one downstream connection until it ends, drains or idles out (both gracefully: HTTP/1.1
+/// finishes the request in flight then closes; HTTP/2 sends GOAWAY).
+async fn drive<C, E>(
+    conn: C,
+    shutdown: fn(std::pin::Pin<&mut C>),
+    peer: SocketAddr,
+    drain: &Drain,
+    activity: &ConnCtx,
+    idle_timeout: Option<std::time::Duration>,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -74,17 +124,15 @@ pub async fn serve<IO>(
             }
         }
         _ = drain.signaled() => {
-            // Graceful: HTTP/1.1 finishes the request in flight then closes; HTTP/2 sends GOAWAY.
-            conn.as_mut().graceful_shutdown();
+            shutdown(conn.as_mut());
             let _ = conn.await;
         }
-        _ = idle(&activity, cfg.idle_timeout) => {
+        _ = idle(activity, idle_timeout) => {
             tracing::debug!(%peer, "idle timeout");
-            conn.as_mut().graceful_shutdown();
+            shutdown(conn.as_mut());
             let _ = conn.await;
         }
     }
-    hcm.stats.cx_active.dec();
 }
 
 /// `common_http_protocol_options.idle_timeout`: no request for this long closes the connection

@@ -1,5 +1,5 @@
 //! Header rules of a proxy: hop-by-hop removal, x-forwarded-*, x-request-id and `server`.
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -70,6 +70,25 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 /// `keep-alive` / `close` name no other header, so there is nothing more to strip.
 fn is_simple_connection_token(v: &[u8]) -> bool {
     v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+}
+
+/// Envoy's trusted client address (its docs, "x-forwarded-for"): with `use_remote_address` the
+/// connection's peer, or with N > 0 trusted hops the Nth address from the right of the incoming
+/// XFF (the (N+1)th once the peer is appended); without `use_remote_address` the (N+1)th from the
+/// right. Too few or unparsable addresses fall back to the peer. XFF addresses carry no port.
+pub fn trusted_client(h: &HeaderMap, peer: SocketAddr, use_remote_address: bool, trusted_hops: u32) -> SocketAddr {
+    let skip = match (use_remote_address, trusted_hops) {
+        (true, 0) => return peer,
+        (true, n) => n - 1,
+        (false, n) => n,
+    };
+    let mut values = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    values.reverse();
+    let mut from_right = values.into_iter().flat_map(|v| v.rsplit(',')).map(str::trim).filter(|a| !a.is_empty());
+    match from_right.nth(skip as usize).and_then(|a| a.parse::<IpAddr>().ok()) {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None => peer,
+    }
 }
 
 /// Envoy's rules: with `use_remote_address`, the peer address is appended to XFF (unless
@@ -167,6 +186,26 @@ mod tests {
     }
 
     #[test]
+    fn trusted_client_skips_the_trusted_hops_of_xff() {
+        let peer: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1, 203.0.113.7,192.0.2.3"));
+        let ip = |a: SocketAddr| a.ip().to_string();
+        assert_eq!(trusted_client(&h, peer, true, 0), peer);
+        assert_eq!(ip(trusted_client(&h, peer, true, 1)), "192.0.2.3");
+        assert_eq!(ip(trusted_client(&h, peer, true, 2)), "203.0.113.7");
+        assert_eq!(ip(trusted_client(&h, peer, false, 0)), "192.0.2.3");
+        assert_eq!(ip(trusted_client(&h, peer, false, 1)), "203.0.113.7");
+        // More trusted hops than addresses: the peer.
+        assert_eq!(trusted_client(&h, peer, true, 4), peer);
+        assert_eq!(trusted_client(&h, peer, false, 3), peer);
+        // Without XFF, or with garbage in it, the peer.
+        assert_eq!(trusted_client(&HeaderMap::new(), peer, false, 0), peer);
+        h.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert_eq!(trusted_client(&h, peer, false, 0), peer);
+    }
+
+    #[test]
     fn xff_appends_peer_only_with_use_remote_address() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
@@ -191,5 +230,26 @@ mod tests {
         assert_eq!(request_id(&mut h, true, false, false).unwrap(), "abc");
         // An edge proxy does not trust an external id unless told to.
         assert_ne!(request_id(&mut h, true, false, true).unwrap(), "abc");
+    }
+
+    #[test]
+    fn skip_xff_append_leaves_x_forwarded_for_as_it_came() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, true, true);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.2.3.4");
+        // x-forwarded-proto is still the connection's.
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    }
+
+    #[test]
+    fn request_id_generation_and_preservation_follow_the_flags() {
+        // generate_request_id: false adds none.
+        let mut h = HeaderMap::new();
+        assert!(request_id(&mut h, false, false, true).is_none());
+        assert!(h.get("x-request-id").is_none());
+        // preserve_external_request_id keeps the client's id even at the edge.
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&mut h, true, true, true).unwrap(), "abc");
     }
 }

@@ -238,4 +238,77 @@ mod tests {
         assert_eq!(indexed, scanned);
         assert_eq!(scanned[0].as_deref(), Some("p0"));
     }
+
+    #[test]
+    fn header_query_and_string_matchers_follow_envoy() {
+        let route = |name: &str, m: serde_json::Value| {
+            let mut m = m;
+            if m.get("prefix").is_none() && m.get("path_separated_prefix").is_none() {
+                m["prefix"] = serde_json::json!("/");
+            }
+            serde_json::json!({"name": name, "match": m, "direct_response": {"status": 200}})
+        };
+        let hm = |spec: serde_json::Value| serde_json::json!({"headers": [spec]});
+        let t = table(serde_json::json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            route("exact", hm(serde_json::json!({"name": "x-exact", "exact_match": "a"}))),
+            route("prefix", hm(serde_json::json!({"name": "x-prefix", "prefix_match": "pre"}))),
+            route("suffix", hm(serde_json::json!({"name": "x-suffix", "suffix_match": "fix"}))),
+            route("contains", hm(serde_json::json!({"name": "x-contains", "contains_match": "mid"}))),
+            route("regex", hm(serde_json::json!({"name": "x-regex", "safe_regex_match": {"regex": "[0-9]+"}}))),
+            route("absent", hm(serde_json::json!({"name": "x-absent", "present_match": false}))),
+            route("inverted", hm(serde_json::json!({"name": "x-inv", "string_match": {"exact": "no"}, "invert_match": true}))),
+            route("s-suffix", hm(serde_json::json!({"name": "x-s", "string_match": {"suffix": ".test"}}))),
+            route("s-contains", hm(serde_json::json!({"name": "x-s", "string_match": {"contains": "ore"}}))),
+            route("s-regex", hm(serde_json::json!({"name": "x-s", "string_match": {"safe_regex": {"regex": "v[0-9]"}}}))),
+            route("s-ignore-case", hm(serde_json::json!({"name": "x-s", "string_match": {"exact": "MiXeD", "ignore_case": true}}))),
+            route("q-present", serde_json::json!({"query_parameters": [{"name": "debug", "present_match": true}]})),
+            route("separated", serde_json::json!({"path_separated_prefix": "/sep"})),
+            route("grpc", serde_json::json!({"grpc": {}})),
+            route("rest", serde_json::json!({})),
+        ]}]}));
+        let pick = |path: &str, query: Option<&str>, headers: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            // Every case but "absent" and "inverted" sends both headers those routes look for.
+            if !headers.iter().any(|(k, _)| *k == "x-absent") {
+                h.insert("x-absent", "1".parse().unwrap());
+            }
+            if !headers.iter().any(|(k, _)| *k == "x-inv") {
+                h.insert("x-inv", "no".parse().unwrap());
+            }
+            let input = RouteInput { host: "h", path, query, method: &Method::GET, scheme: "http", headers: &h };
+            select(&t, &input).unwrap().name.clone()
+        };
+        let x = |k: &'static str, v: &'static str| [(k, v)];
+        assert_eq!(pick("/", None, &x("x-exact", "a")), "exact");
+        assert_eq!(pick("/", None, &x("x-exact", "ab")), "rest");
+        assert_eq!(pick("/", None, &x("x-prefix", "prefab")), "prefix");
+        assert_eq!(pick("/", None, &x("x-suffix", "affix")), "suffix");
+        assert_eq!(pick("/", None, &x("x-contains", "amidst")), "contains");
+        assert_eq!(pick("/", None, &x("x-regex", "123")), "regex");
+        assert_eq!(pick("/", None, &x("x-regex", "12a")), "rest");
+        assert_eq!(pick("/", None, &[("x-absent", "1"), ("x-inv", "no")]), "rest");
+        let mut h = HeaderMap::new();
+        h.insert("x-inv", "no".parse().unwrap());
+        let none = RouteInput { host: "h", path: "/", query: None, method: &Method::GET, scheme: "http", headers: &h };
+        assert_eq!(select(&t, &none).unwrap().name, "absent");
+        assert_eq!(pick("/", None, &x("x-inv", "yes")), "inverted");
+        assert_eq!(pick("/", None, &x("x-s", "a.test")), "s-suffix");
+        assert_eq!(pick("/", None, &x("x-s", "more")), "s-contains");
+        assert_eq!(pick("/", None, &x("x-s", "v2")), "s-regex");
+        assert_eq!(pick("/", None, &x("x-s", "mixed")), "s-ignore-case");
+        assert_eq!(pick("/", Some("a=1&debug"), &[]), "q-present");
+        assert_eq!(pick("/sep", None, &[]), "separated");
+        assert_eq!(pick("/sep/x", None, &[]), "separated");
+        assert_eq!(pick("/separate", None, &[]), "rest");
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/grpc".parse().unwrap());
+        h.insert("x-absent", "1".parse().unwrap());
+        h.insert("x-inv", "no".parse().unwrap());
+        let g =
+            RouteInput { host: "h", path: "/svc/M", query: None, method: &Method::POST, scheme: "http", headers: &h };
+        assert_eq!(select(&t, &g).unwrap().name, "grpc");
+    }
 }

@@ -134,7 +134,11 @@ impl LogRecord {
             path: req.uri().path_and_query().map(|p| p.to_string()),
             protocol: format!("{:?}", req.version()),
             response_flags: "-".into(),
-            downstream_remote_address: ctx.peer.to_string(),
+            downstream_remote_address: {
+                let cfg = &ctx.hcm.config;
+                headers::trusted_client(req.headers(), ctx.peer, cfg.use_remote_address, cfg.xff_num_trusted_hops)
+                    .to_string()
+            },
             authority: host_of(req).map(str::to_string),
             x_request_id: req.headers().get(&headers::X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string),
             ..Default::default()
@@ -211,6 +215,10 @@ async fn proxy(
 
     let cluster_name = action.target.pick();
     let Some(cluster) = snap.clusters.get(cluster_name) else {
+        // The status is the route's cluster_not_found_response_code; the flag is always NC.
+        if let Some(l) = log.as_mut() {
+            l.entry.response_flags = Flag::NoCluster.as_str().into();
+        }
         return Ok(local_reply::response(action.cluster_not_found, ""));
     };
     if let Some(l) = log.as_mut() {
@@ -290,16 +298,16 @@ fn rewrite(req: &mut Request<Incoming>, route: &Route, action: &RouteAction, hos
             }
         }
     }
-    let Some(new_prefix) = &action.prefix_rewrite else { return };
     let path = req.uri().path();
-    let matched = match &route.path {
-        PathMatch::Prefix(p) | PathMatch::Separated(p) => p.len(),
-        PathMatch::Exact(p) => p.len(),
-        _ => return,
+    let new_path = if let Some(rr) = &action.regex_rewrite {
+        rr.pattern.replace_all(path, rr.substitution.as_str()).into_owned()
+    } else if let Some(new_prefix) = &action.prefix_rewrite {
+        let Some(matched) = matched_len(&route.path, path) else { return };
+        format!("{new_prefix}{}", path.get(matched..).unwrap_or(""))
+    } else {
+        return;
     };
-    let mut new_path = String::with_capacity(path.len() + new_prefix.len());
-    new_path.push_str(new_prefix);
-    new_path.push_str(path.get(matched..).unwrap_or(""));
+    let mut new_path = new_path;
     if let Some(q) = req.uri().query() {
         new_path.push('?');
         new_path.push_str(q);
@@ -310,6 +318,16 @@ fn rewrite(req: &mut Request<Incoming>, route: &Route, action: &RouteAction, hos
         if let Ok(u) = Uri::from_parts(parts) {
             *req.uri_mut() = u;
         }
+    }
+}
+
+/// How much of `path` a prefix rewrite replaces: the matched prefix, or for exact and regex
+/// matches (which match the whole path) all of it, as Envoy does.
+fn matched_len(m: &PathMatch, path: &str) -> Option<usize> {
+    match m {
+        PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),
+        PathMatch::Exact(_) | PathMatch::Regex(_) => Some(path.len()),
+        PathMatch::Connect => None,
     }
 }
 
@@ -365,10 +383,11 @@ fn redirect(rd: &Redirect, route: &Route, req: &Request<Incoming>, host: &str, t
     let path = req.uri().path();
     let new_path = match (&rd.path, &rd.prefix_rewrite, &route.path) {
         (Some(p), _, _) => p.clone(),
-        (None, Some(pr), PathMatch::Prefix(p) | PathMatch::Separated(p)) => {
-            format!("{pr}{}", path.get(p.len()..).unwrap_or(""))
-        }
-        _ => path.to_string(),
+        (None, Some(pr), m) => match matched_len(m, path) {
+            Some(n) => format!("{pr}{}", path.get(n..).unwrap_or("")),
+            None => path.to_string(),
+        },
+        (None, None, _) => path.to_string(),
     };
     let mut loc = format!("{scheme}://{new_host}");
     if let Some(p) = port {

@@ -19,6 +19,9 @@ pub fn bind(cfg: &ListenerConfig) -> std::io::Result<std::net::TcpListener> {
     let domain = if cfg.address.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
+    if cfg.reuse_port {
+        s.set_reuse_port(true)?;
+    }
     if cfg.address.is_ipv6() {
         s.set_only_v6(!cfg.dual_stack)?;
     }

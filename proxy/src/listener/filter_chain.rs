@@ -62,3 +62,23 @@ fn score(m: &ChainMatch, port: u16, hello: &ClientHello) -> Option<u32> {
     }
     Some(s * 4)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(alpn: &[&str]) -> ClientHello {
+        ClientHello { tls: true, sni: Some("a.test".into()), alpn: alpn.iter().map(|a| a.to_string()).collect() }
+    }
+
+    #[test]
+    fn application_protocols_match_the_offered_alpn() {
+        let m = ChainMatch { application_protocols: vec!["h2".into(), "istio".into()], ..Default::default() };
+        assert!(score(&m, 443, &hello(&["http/1.1", "h2"])).is_some());
+        assert!(score(&m, 443, &hello(&["http/1.1"])).is_none());
+        assert!(score(&m, 443, &ClientHello::plaintext()).is_none());
+        // A chain that asks for an ALPN is more specific than one that does not.
+        let any = ChainMatch::default();
+        assert!(score(&m, 443, &hello(&["h2"])) > score(&any, 443, &hello(&["h2"])));
+    }
+}

@@ -31,6 +31,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         return Err(ctx.field("name").err("a cluster needs a name"));
     }
     let name: std::sync::Arc<str> = c.name.as_str().into();
+    let mut eds_fetch_timeout = None;
     let discovery = match &c.cluster_discovery_type {
         None => DiscoveryType::Static,
         Some(ClusterDiscoveryType::Type(t)) => match PbDiscovery::try_from(*t) {
@@ -38,7 +39,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
             Ok(PbDiscovery::StrictDns) => DiscoveryType::StrictDns,
             Ok(PbDiscovery::Eds) => {
                 let eds = c.eds_cluster_config.as_ref();
-                super::ads_source(
+                eds_fetch_timeout = super::ads_source(
                     &ctx.field("eds_cluster_config.eds_config"),
                     &eds.and_then(|e| e.eds_config.clone()),
                 )?;
@@ -86,6 +87,22 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
     #[allow(deprecated)]
     let mut protocol =
         if c.http2_protocol_options.is_some() { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+    // The upstream HTTP/2 client has no tuning knobs yet (the typed_extension_protocol_options
+    // path refuses them too); accepting them here would ignore them.
+    #[allow(deprecated)]
+    if let Some(h2) = &c.http2_protocol_options {
+        for (set, field) in [
+            (h2.max_concurrent_streams.is_some(), "max_concurrent_streams"),
+            (h2.initial_stream_window_size.is_some(), "initial_stream_window_size"),
+            (h2.initial_connection_window_size.is_some(), "initial_connection_window_size"),
+        ] {
+            if set {
+                return Err(ctx
+                    .field(&format!("http2_protocol_options.{field}"))
+                    .err("upstream HTTP/2 tuning is not supported; leave http2_protocol_options empty"));
+            }
+        }
+    }
     let mut idle_timeout = Some(Duration::from_secs(3600));
     for (key, any) in &c.typed_extension_protocol_options {
         let octx = ctx.field(&format!("typed_extension_protocol_options[{key}]"));
@@ -119,7 +136,19 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
                 Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = UpstreamProtocol::Http1,
                 _ => return Err(octx.field("explicit_http_config").err("only HTTP/1.1 and HTTP/2 are supported")),
             },
-            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => protocol = UpstreamProtocol::Downstream,
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
+                let tuned = d.http2_protocol_options.as_ref().is_some_and(|h2| {
+                    h2.max_concurrent_streams.is_some()
+                        || h2.initial_stream_window_size.is_some()
+                        || h2.initial_connection_window_size.is_some()
+                });
+                if tuned {
+                    return Err(octx
+                        .field("use_downstream_protocol_config.http2_protocol_options")
+                        .err("upstream HTTP/2 tuning is not supported; leave http2_protocol_options empty"));
+                }
+                protocol = UpstreamProtocol::Downstream
+            }
             _ => return Err(octx.err("explicit_http_config or use_downstream_protocol_config is required")),
         }
     }
@@ -153,6 +182,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         dns_refresh,
         dns_family,
         idle_timeout,
+        eds_fetch_timeout,
     })
 }
 

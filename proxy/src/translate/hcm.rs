@@ -27,12 +27,13 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         Ok(CodecType::Http2) => Codec::Http2,
         _ => return Err(ctx.field("codec_type").err("only AUTO, HTTP1 and HTTP2 are supported")),
     };
+    let mut rds_fetch_timeout = None;
     let routes = match &h.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => {
             RouteSource::Inline(Arc::new(translate_route_config_in(&ctx.field("route_config"), rc)?))
         }
         Some(RouteSpecifier::Rds(rds)) => {
-            super::ads_source(&ctx.field("rds.config_source"), &rds.config_source)?;
+            rds_fetch_timeout = super::ads_source(&ctx.field("rds.config_source"), &rds.config_source)?;
             if rds.route_config_name.is_empty() {
                 return Err(ctx.field("rds.route_config_name").err("route_config_name is required"));
             }
@@ -101,8 +102,10 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         stat_prefix: h.stat_prefix.clone(),
         codec,
         routes,
+        rds_fetch_timeout,
         server_header,
         use_remote_address: h.use_remote_address.as_ref().is_some_and(|v| v.value),
+        xff_num_trusted_hops: h.xff_num_trusted_hops,
         skip_xff_append: h.skip_xff_append,
         generate_request_id: h.generate_request_id.as_ref().map(|v| v.value).unwrap_or(true),
         preserve_external_request_id: h.preserve_external_request_id,

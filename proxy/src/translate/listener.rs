@@ -47,40 +47,29 @@ pub fn translate_bootstrap(b: &PbBootstrap) -> Result<config::Bootstrap, ConfigE
         None => None,
         Some(d) => Some(dynamic_resources(&Ctx::new("dynamic_resources"), d, &cnames)?),
     };
-    // With CDS, static routes may name clusters that arrive later (they answer 503 NC until then).
-    if !dynamic.as_ref().is_some_and(|d| d.cds) {
-        check_cluster_refs(&listeners, &cnames)?;
-    }
+    check_cluster_refs(&listeners, &cnames, dynamic.as_ref().is_some_and(|d| d.cds))?;
     let node = b.node.clone().unwrap_or_default();
     let source = super::SourceConfig(std::sync::Arc::new(b.clone()));
     Ok(config::Bootstrap { node_id: node.id, node_cluster: node.cluster, admin, listeners, clusters, dynamic, source })
 }
 
 /// Static config must be self-consistent: a route or tcp_proxy naming a cluster that does not
-/// exist is a configuration error up front (Envoy's `validate_clusters` behaviour for static routes).
-fn check_cluster_refs(listeners: &[ListenerConfig], clusters: &HashSet<String>) -> Result<(), ConfigError> {
+/// exist is a configuration error up front (Envoy's `validate_clusters`, default true for inline
+/// route tables). With CDS, clusters may arrive later (they answer 503 NC until then), so only an
+/// explicit `validate_clusters: true` checks routes then; `false` never does.
+fn check_cluster_refs(listeners: &[ListenerConfig], clusters: &HashSet<String>, cds: bool) -> Result<(), ConfigError> {
     for l in listeners {
         for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
             let ctx = Ctx::new(format!("listener \"{}\"", l.name)).field(&format!("filter_chain \"{}\"", fc.name));
             let missing: Vec<String> = match &fc.filter {
+                NetworkFilter::TcpProxy(_) if cds => continue,
                 NetworkFilter::TcpProxy(t) => t.clusters.iter().map(|c| c.0.clone()).collect(),
                 NetworkFilter::Http(h) => match &h.routes {
-                    config::RouteSource::Inline(t) => t.as_ref(),
-                    config::RouteSource::Rds(_) => continue,
-                }
-                .virtual_hosts
-                .iter()
-                .flat_map(|v| v.routes.iter())
-                .flat_map(|r| match &r.action {
-                    config::Action::Route(a) => match &a.target {
-                        config::WeightedTarget::Single(c) => vec![c.clone()],
-                        config::WeightedTarget::Weighted { clusters, .. } => {
-                            clusters.iter().map(|c| c.0.clone()).collect()
-                        }
-                    },
-                    _ => vec![],
-                })
-                .collect(),
+                    config::RouteSource::Inline(t) if t.validate_clusters.unwrap_or(!cds) => {
+                        t.clusters().map(str::to_string).collect()
+                    }
+                    _ => continue,
+                },
             };
             if let Some(c) = missing.iter().find(|c| !clusters.contains(*c)) {
                 return Err(ctx.err(format!("references unknown cluster \"{c}\"")));
@@ -143,6 +132,8 @@ pub(crate) fn translate_listener_in(ctx: &Ctx, l: &Listener) -> Result<ListenerC
         tls_inspector,
         filter_chains,
         default_filter_chain,
+        reuse_port: l.enable_reuse_port.as_ref().is_some_and(|v| v.value),
+        stat_prefix: (!l.stat_prefix.is_empty()).then(|| l.stat_prefix.clone()),
     })
 }
 
@@ -230,6 +221,10 @@ pub(crate) fn socket_address(ctx: &Ctx, a: &Address) -> Result<(SocketAddr, bool
     if sa.protocol != Protocol::Tcp as i32 {
         return Err(ctx.field("protocol").err("only TCP is supported"));
     }
+    // TCP is 0, the default; anything else would be bound as TCP all the same.
+    if sa.protocol != 0 {
+        return Err(ctx.field("protocol").err("only TCP is supported"));
+    }
     if !sa.resolver_name.is_empty() {
         return Err(ctx.field("resolver_name").err("custom resolvers are not supported"));
     }
@@ -268,6 +263,9 @@ fn dynamic_resources(
         Ok(ApiType::DeltaGrpc) => true,
         _ => return Err(actx.field("api_type").err("only GRPC and DELTA_GRPC are supported")),
     };
+    if !matches!(ads.transport_api_version, 0 | 2) {
+        return Err(actx.field("transport_api_version").err("only V3 is supported"));
+    }
     if ads.grpc_services.len() != 1 {
         return Err(actx.field("grpc_services").err("exactly one grpc_service is required"));
     }
@@ -281,11 +279,21 @@ fn dynamic_resources(
             .field("envoy_grpc.cluster_name")
             .err(format!("\"{ads_cluster}\" must be a static cluster")));
     }
-    if d.lds_config.is_some() {
-        super::ads_source(&ctx.field("lds_config"), &d.lds_config)?;
-    }
-    if d.cds_config.is_some() {
-        super::ads_source(&ctx.field("cds_config"), &d.cds_config)?;
-    }
-    Ok(config::DynamicConfig { ads_cluster, lds: d.lds_config.is_some(), cds: d.cds_config.is_some(), delta })
+    let lds_fetch_timeout = match d.lds_config {
+        Some(_) => super::ads_source(&ctx.field("lds_config"), &d.lds_config)?,
+        None => None,
+    };
+    let cds_fetch_timeout = match d.cds_config {
+        Some(_) => super::ads_source(&ctx.field("cds_config"), &d.cds_config)?,
+        None => None,
+    };
+    Ok(config::DynamicConfig {
+        ads_cluster,
+        lds: d.lds_config.is_some(),
+        cds: d.cds_config.is_some(),
+        delta,
+        lds_fetch_timeout,
+        cds_fetch_timeout,
+        node_on_first_message_only: ads.set_node_on_first_message_only,
+    })
 }

@@ -102,13 +102,23 @@ pub use listener::translate_bootstrap;
 
 /// A `ConfigSource` must be `ads: {}` (xDS over the bootstrap's ADS stream): the only transport
 /// Outrigger implements.
+/// Returns the source's `initial_fetch_timeout`: Envoy's default of 15 s when unset, None for
+/// `0s` (wait for ever).
 pub(crate) fn ads_source(
     ctx: &Ctx,
     src: &Option<envoy_types::pb::envoy::config::core::v3::ConfigSource>,
-) -> Result<(), ConfigError> {
+) -> Result<Option<std::time::Duration>, ConfigError> {
     use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    // AUTO (0) and V3 (2) both mean v3 now; V2 is gone from Envoy.
+    if src.as_ref().is_some_and(|s| !matches!(s.resource_api_version, 0 | 2)) {
+        return Err(ctx.field("resource_api_version").err("only V3 is supported"));
+    }
+    let timeout = match src.as_ref().map(|s| &s.initial_fetch_timeout) {
+        Some(t @ Some(_)) => duration(t).filter(|d| !d.is_zero()),
+        _ => Some(std::time::Duration::from_secs(15)),
+    };
     match src.as_ref().and_then(|s| s.config_source_specifier.as_ref()) {
-        Some(ConfigSourceSpecifier::Ads(_)) => Ok(()),
+        Some(ConfigSourceSpecifier::Ads(_)) => Ok(timeout),
         Some(_) => Err(ctx.err("only ads: {} config sources are supported")),
         None => Err(ctx.err("a config source (ads: {}) is required")),
     }
@@ -131,5 +141,7 @@ impl SourceConfig {
     }
 }
 
+#[cfg(test)]
+mod honesty_tests;
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,7 @@ pub(crate) fn translate_route_config_in(ctx: &Ctx, rc: &RouteConfiguration) -> R
     for vh in &rc.virtual_hosts {
         b.add(vh)?;
     }
-    Ok(b.finish(rc.name.clone()))
+    Ok(b.finish(rc.name.clone(), rc.validate_clusters.map(|v| v.value)))
 }
 
 /// `RouteConfiguration.virtual_hosts`.
@@ -76,7 +76,8 @@ pub(crate) fn translate_route_config_encoded(bytes: &[u8]) -> Result<(String, Ro
         let vh = PbVirtualHost::decode(&bytes[range]).map_err(bad)?;
         b.add(&vh)?;
     }
-    Ok((head.name.clone(), b.finish(head.name)))
+    let validate = head.validate_clusters.map(|v| v.value);
+    Ok((head.name.clone(), b.finish(head.name, validate)))
 }
 
 const ROUTE_TYPE: &str = "envoy.config.route.v3.RouteConfiguration";
@@ -134,12 +135,12 @@ impl<'c> TableBuilder<'c> {
         Ok(())
     }
 
-    fn finish(mut self, name: String) -> RouteTable {
+    fn finish(mut self, name: String, validate_clusters: Option<bool>) -> RouteTable {
         // Longest wildcard first; equal lengths keep config order.
         self.domains.exact.shrink_to_fit();
         self.domains.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         self.domains.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        RouteTable { name, virtual_hosts: self.vhosts, domains: self.domains }
+        RouteTable { name, virtual_hosts: self.vhosts, domains: self.domains, validate_clusters }
     }
 }
 
@@ -194,6 +195,9 @@ fn route(ctx: &Ctx, r: &PbRoute) -> Result<Route, ConfigError> {
     if matches!(path, PathMatch::Connect) {
         if let Action::Route(RouteAction { prefix_rewrite: Some(_), .. }) = &action {
             return Err(ctx.field("route.prefix_rewrite").err("not allowed on a CONNECT route"));
+        }
+        if let Action::Route(RouteAction { regex_rewrite: Some(_), .. }) = &action {
+            return Err(ctx.field("route.regex_rewrite").err("not allowed on a CONNECT route"));
         }
     }
     Ok(Route { name: r.name.clone(), path, case_sensitive, headers, query, grpc: m.grpc.is_some(), action })
@@ -278,6 +282,16 @@ fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError
             if total == 0 {
                 return Err(wctx.err("the sum of weights must be greater than 0"));
             }
+            // Deprecated in Envoy but still checked there: a total that the weights do not add up
+            // to is a mistake in the config, not a different split.
+            #[allow(deprecated)]
+            if let Some(tw) = w.total_weight.as_ref().filter(|t| t.value > 0) {
+                if tw.value != total {
+                    return Err(wctx
+                        .field("total_weight")
+                        .err(format!("the weights add up to {total}, not to total_weight {}", tw.value)));
+                }
+            }
             WeightedTarget::Weighted { clusters, total }
         }
         Some(ClusterSpecifier::Cluster(_)) => return Err(ctx.field("cluster").err("empty cluster name")),
@@ -319,7 +333,52 @@ fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError
         }
     }
     let prefix_rewrite = (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone());
-    Ok(RouteAction { target, timeout, prefix_rewrite, host_rewrite, cluster_not_found, terminate_connect })
+    let regex_rewrite = match &a.regex_rewrite {
+        None => None,
+        Some(rr) => {
+            let rctx = ctx.field("regex_rewrite");
+            if prefix_rewrite.is_some() {
+                return Err(rctx.err("only one of prefix_rewrite and regex_rewrite may be set"));
+            }
+            let pattern = rr.pattern.as_ref().ok_or_else(|| rctx.field("pattern").err("pattern is required"))?;
+            let re = regex(&rctx.field("pattern"), pattern, false)?;
+            Some(RegexRewrite { pattern: re, substitution: re2_substitution(&rr.substitution) })
+        }
+    };
+    Ok(RouteAction {
+        target,
+        timeout,
+        prefix_rewrite,
+        regex_rewrite,
+        host_rewrite,
+        cluster_not_found,
+        terminate_connect,
+    })
+}
+
+/// RE2's substitution syntax (`\1` for a group, `\\` for a backslash) in the `regex` crate's
+/// (`${1}`, `$$` for a dollar).
+fn re2_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek().copied() {
+                Some(d) if d.is_ascii_digit() => {
+                    chars.next();
+                    out.push_str(&format!("${{{d}}}"));
+                }
+                Some('\\') => {
+                    chars.next();
+                    out.push('\\');
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn redirect(ctx: &Ctx, r: &RedirectAction) -> Result<Redirect, ConfigError> {

@@ -69,3 +69,58 @@ pub async fn refresh_loop(cluster: Weak<Cluster>) {
 pub fn needs_dns(c: &Arc<Cluster>) -> bool {
     c.config.endpoints.iter().any(|e| matches!(e, EndpointConfig::Dns { .. }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, DiscoveryType, LbPolicy, UpstreamProtocol};
+    use std::time::Duration;
+
+    fn localhost_cluster(refresh: Duration) -> Arc<Cluster> {
+        Cluster::new(ClusterConfig {
+            name: "dns".into(),
+            discovery: DiscoveryType::StrictDns,
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            protocol: UpstreamProtocol::Http1,
+            endpoints: vec![EndpointConfig::Dns { host: "localhost".into(), port: 80, weight: 1 }],
+            dns_refresh: refresh,
+            dns_family: DnsFamily::V4Only,
+            idle_timeout: None,
+            eds_fetch_timeout: None,
+        })
+    }
+
+    /// Whether the cluster has endpoints again within a few seconds after losing them.
+    async fn restored(c: &Arc<Cluster>) -> bool {
+        c.update_endpoints(Vec::new());
+        for _ in 0..100 {
+            if c.pick().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn dns_refresh_rate_sets_how_often_hosts_are_resolved_again() {
+        let fast = localhost_cluster(Duration::from_millis(20));
+        tokio::spawn(refresh_loop(Arc::downgrade(&fast)));
+        let slow = localhost_cluster(Duration::from_secs(3600));
+        tokio::spawn(refresh_loop(Arc::downgrade(&slow)));
+        for c in [&fast, &slow] {
+            for _ in 0..100 {
+                if c.pick().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(c.pick().is_some(), "localhost did not resolve");
+        }
+        // The lost endpoints come back with the next resolution: soon for a short refresh rate,
+        // not at all within the test for an hour.
+        assert!(restored(&fast).await);
+        assert!(!restored(&slow).await);
+    }
+}

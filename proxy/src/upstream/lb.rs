@@ -91,6 +91,7 @@ mod tests {
             dns_refresh: Duration::from_secs(5),
             dns_family: crate::config::cluster::DnsFamily::Auto,
             idle_timeout: None,
+            eds_fetch_timeout: None,
         })
     }
 

@@ -26,6 +26,7 @@ pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::Dynami
     let mut state = State::new(node, base, dynamic);
     let mut backoff = BACKOFF_MIN;
     loop {
+        expire_fetches(&app, &mut state);
         let started = tokio::time::Instant::now();
         let r = if delta { delta_session(&app, &mut state).await } else { sotw_session(&app, &mut state).await };
         match r {
@@ -38,8 +39,55 @@ pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::Dynami
             backoff = BACKOFF_MIN;
         }
         let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
-        tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter)).await;
+        let wake = tokio::time::Instant::now() + backoff / 2 + Duration::from_millis(jitter);
+        // Initial fetches time out whether or not there is a stream.
+        loop {
+            let deadline = state.next_fetch_deadline();
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                _ = until(deadline) => expire_fetches(&app, &mut state),
+            }
+        }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Resolves at `deadline` (never without one).
+async fn until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends timed-out warming (`initial_fetch_timeout`) and publishes the result.
+fn expire_fetches(app: &App, state: &mut State) {
+    if !state.expire_fetches(std::time::Instant::now()) {
+        return;
+    }
+    if let Err(e) = app.apply(state.inputs(), &Default::default()) {
+        tracing::warn!(error = %format!("{e:#}"), "applying the config after an initial fetch timeout failed");
+    }
+    if state.initialized() && app.listeners_warm(state.store.listeners.keys()) {
+        app.mark_initialized();
+    }
+}
+
+/// Connects, meanwhile ending the warming of whatever times out.
+async fn connect_expiring(
+    app: &App,
+    state: &mut State,
+) -> anyhow::Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>> {
+    loop {
+        let deadline = state.next_fetch_deadline();
+        let connected = tokio::select! {
+            c = connect(app, state) => Some(c),
+            _ = until(deadline) => None,
+        };
+        match connected {
+            Some(c) => return c,
+            None => expire_fetches(app, state),
+        }
     }
 }
 
@@ -83,11 +131,12 @@ fn nack_status(error: &Option<String>) -> Option<Status> {
 
 // ---- state of the world ----
 
-fn sotw_request(state: &State, t: &'static str, nonce: &str, error: &Option<String>) -> DiscoveryRequest {
+/// `first`: the stream's first request, the one that always carries the node.
+fn sotw_request(state: &State, t: &'static str, nonce: &str, error: &Option<String>, first: bool) -> DiscoveryRequest {
     let ts = state.types.get(t);
     DiscoveryRequest {
         version_info: ts.map(|s| s.version.clone()).unwrap_or_default(),
-        node: Some(state.node.clone()),
+        node: (first || !state.dynamic.node_on_first_message_only).then(|| state.node.clone()),
         resource_names: ts.map(|s| s.names.iter().map(|n| n.to_string()).collect()).unwrap_or_default(),
         type_url: t.to_string(),
         response_nonce: nonce.to_string(),
@@ -97,25 +146,40 @@ fn sotw_request(state: &State, t: &'static str, nonce: &str, error: &Option<Stri
 }
 
 async fn sotw_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
-    let mut client = connect(app, state).await?;
+    let mut client = connect_expiring(app, state).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     // On a new stream: everything wanted, with the versions already held, and no nonce.
+    let mut first = true;
+    let mut request = |state: &State, t: &'static str, nonce: &str, error: &Option<String>| {
+        let r = sotw_request(state, t, nonce, error, first);
+        first = false;
+        r
+    };
     for t in state.wanted_types() {
-        tx.send(sotw_request(state, t, "", &None))?;
+        tx.send(request(state, t, "", &None))?;
     }
     let mut stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
     metrics().xds_connected.set(1);
     let mut trim_at = None;
-    while let Some(mut resp) = next_message(&mut stream, &mut trim_at).await? {
+    loop {
+        let deadline = state.next_fetch_deadline();
+        let msg = tokio::select! {
+            m = next_message(&mut stream, &mut trim_at) => m?,
+            _ = until(deadline) => {
+                expire_fetches(app, state);
+                continue;
+            }
+        };
+        let Some(mut resp) = msg else { break };
         let out = handle_sotw(app, state, &mut resp);
         let t = type_key(&resp.type_url).unwrap_or(LISTENER);
         let (type_url, nonce) = (std::mem::take(&mut resp.type_url), std::mem::take(&mut resp.nonce));
         drop(resp);
         record(app, state, &type_url, &out, &mut trim_at);
-        tx.send(sotw_request(state, t, &nonce, &out.error))?;
+        tx.send(request(state, t, &nonce, &out.error))?;
         for sub in out.subs {
             let nonce = state.types.get(sub.type_url).map(|s| s.nonce.clone()).unwrap_or_default();
-            tx.send(sotw_request(state, sub.type_url, &nonce, &None))?;
+            tx.send(request(state, sub.type_url, &nonce, &None))?;
         }
     }
     Ok(())
@@ -162,7 +226,7 @@ fn handle_sotw(app: &Arc<App>, state: &mut State, resp: &mut DiscoveryResponse) 
 // ---- incremental (delta) ----
 
 async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
-    let mut client = connect(app, state).await?;
+    let mut client = connect_expiring(app, state).await?;
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let dump = app.xds.clone().unwrap_or_default();
     // On a new stream: subscribe again, telling the server which versions are already held.
@@ -186,7 +250,16 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
     let mut stream = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
     metrics().xds_connected.set(1);
     let mut trim_at = None;
-    while let Some(mut resp) = next_message(&mut stream, &mut trim_at).await? {
+    loop {
+        let deadline = state.next_fetch_deadline();
+        let msg = tokio::select! {
+            m = next_message(&mut stream, &mut trim_at) => m?,
+            _ = until(deadline) => {
+                expire_fetches(app, state);
+                continue;
+            }
+        };
+        let Some(mut resp) = msg else { break };
         let out = handle_delta(app, state, &mut resp, &dump);
         let (type_url, nonce) = (std::mem::take(&mut resp.type_url), std::mem::take(&mut resp.nonce));
         drop(resp);

@@ -4,6 +4,7 @@
 //! ACKed. The stream reconnects with jittered exponential backoff and resubscribes, and the
 //! proxy keeps serving its last config meanwhile.
 mod client;
+mod fetch_timeout;
 mod state;
 
 use std::collections::BTreeMap;

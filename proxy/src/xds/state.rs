@@ -150,12 +150,18 @@ pub struct State {
     pub node: Node,
     pub base: config::Bootstrap,
     /// The bootstrap's clusters, shared with every snapshot built.
-    base_clusters: Vec<Arc<ClusterConfig>>,
+    pub(super) base_clusters: Vec<Arc<ClusterConfig>>,
     pub dynamic: config::DynamicConfig,
     pub types: BTreeMap<&'static str, TypeState>,
     pub store: Store,
     pub version: u64,
-    names: Names,
+    pub(super) names: Names,
+    /// When each RDS/EDS name was first wanted, and when the client started (LDS/CDS): the
+    /// start of their `initial_fetch_timeout`.
+    pub(super) wanted_since: HashMap<(&'static str, Arc<str>), std::time::Instant>,
+    pub(super) started: std::time::Instant,
+    /// LDS/CDS whose initial fetch timed out: initialisation went ahead without them.
+    pub(super) fetch_timed_out: BTreeSet<&'static str>,
 }
 
 /// One response, whatever the protocol variant.
@@ -200,6 +206,9 @@ impl State {
             store: Store::default(),
             version: 1,
             names: Names::default(),
+            wanted_since: HashMap::new(),
+            started: std::time::Instant::now(),
+            fetch_timed_out: BTreeSet::new(),
         };
         s.refresh_subscriptions();
         s
@@ -227,6 +236,9 @@ impl State {
                 Ok(d) => decoded.push(d),
                 Err(e) => return self.nack(t, e.to_string()),
             }
+        }
+        if let Err(e) = self.check_validate_clusters(&decoded) {
+            return self.nack(t, e);
         }
         let decoded_at = started.elapsed();
         let previous = self.store.clone();
@@ -312,6 +324,37 @@ impl State {
         Outcome { error: None, subs }
     }
 
+    /// `validate_clusters: true` (default false for RDS, and only honoured when explicit for
+    /// route tables inside LDS listeners, whose clusters may still be on their way over CDS):
+    /// a table naming a cluster the proxy does not have is refused.
+    fn check_validate_clusters(&self, decoded: &[(String, Resource)]) -> Result<(), String> {
+        let known = |c: &str| self.store.clusters.contains_key(c) || self.base_clusters.iter().any(|b| &*b.name == c);
+        let check = |table: &RouteTable, what: &str| match table.clusters().find(|c| !known(c)) {
+            Some(c) => Err(format!("{what}: validate_clusters: route references unknown cluster \"{c}\"")),
+            None => Ok(()),
+        };
+        for (name, r) in decoded {
+            match r {
+                Resource::Routes(table) if table.validate_clusters == Some(true) => {
+                    check(table, &format!("route_config \"{name}\""))?
+                }
+                Resource::Listener(l) => {
+                    for fc in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+                        if let NetworkFilter::Http(h) = &fc.filter {
+                            if let RouteSource::Inline(table) = &h.routes {
+                                if table.validate_clusters == Some(true) {
+                                    check(table, &format!("listener \"{name}\""))?;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn nack(&mut self, t: &'static str, error: String) -> Outcome {
         tracing::warn!(type_url = t, %error, "rejecting xDS update (NACK); the last good config stays");
         Outcome { error: Some(error), subs: vec![] }
@@ -340,8 +383,17 @@ impl State {
         for (t, names) in [(ROUTE, &rds), (ENDPOINT, &eds)] {
             let ts = self.types.entry(t).or_default();
             if !ts.names.iter().map(|n| &**n).eq(names.iter().copied()) {
-                let added = names.iter().filter(|n| !ts.names.contains(**n)).map(|n| n.to_string()).collect();
-                let removed = ts.names.iter().filter(|n| !names.contains(&***n)).map(|n| n.to_string()).collect();
+                let added: Vec<String> =
+                    names.iter().filter(|n| !ts.names.contains(**n)).map(|n| n.to_string()).collect();
+                let removed: Vec<String> =
+                    ts.names.iter().filter(|n| !names.contains(&***n)).map(|n| n.to_string()).collect();
+                let now = std::time::Instant::now();
+                for n in &added {
+                    self.wanted_since.entry((t, self.names.get(n.as_str()))).or_insert(now);
+                }
+                for n in &removed {
+                    self.wanted_since.remove(&(t, Arc::<str>::from(n.as_str())));
+                }
                 out.push(SubChange { type_url: t, added, removed });
                 ts.names = names.iter().map(|n| self.names.get(n)).collect();
             }
@@ -396,7 +448,7 @@ impl State {
 
     /// Initialised (ready) once every configured wildcard type has been accepted once.
     pub fn initialized(&self) -> bool {
-        let ok = |t| self.types.get(t).is_some_and(|s| s.accepted);
+        let ok = |t| self.types.get(t).is_some_and(|s| s.accepted) || self.fetch_timed_out.contains(t);
         (!self.dynamic.lds || ok(LISTENER)) && (!self.dynamic.cds || ok(CLUSTER))
     }
 }
@@ -497,5 +549,52 @@ mod tests {
         assert_eq!(out.error.as_deref(), Some("bind"));
         assert!(s.store.clusters.contains_key("a") && !s.store.clusters.contains_key("c"));
         assert!(s.types[ENDPOINT].names.contains("a") && !s.types[ENDPOINT].names.contains("c"));
+    }
+
+    fn routes(name: &str, cluster: &str, validate: Option<bool>) -> Any {
+        let mut rc = serde_json::json!({"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]});
+        if let Some(v) = validate {
+            rc["validate_clusters"] = serde_json::json!(v);
+        }
+        any(ROUTE, rc)
+    }
+
+    #[test]
+    fn rds_validate_clusters_true_refuses_routes_to_unknown_clusters() {
+        let mut s = state();
+        let dump = super::super::XdsDump::default();
+        let ok = |_: Inputs, _: &HashSet<String>| Ok(());
+        assert!(s.handle(update(CLUSTER, &mut [cluster("known")], true), ok, &dump).error.is_none());
+        let out = s.handle(update(ROUTE, &mut [routes("r", "unknown", Some(true))], false), ok, &dump);
+        let err = out.error.expect("NACK");
+        assert!(err.contains("validate_clusters") && err.contains("\"unknown\""), "{err}");
+        // RDS defaults to false: the same table is accepted (the route answers 503 NC).
+        assert!(s.handle(update(ROUTE, &mut [routes("r", "unknown", None)], false), ok, &dump).error.is_none());
+        assert!(s.handle(update(ROUTE, &mut [routes("r", "known", Some(true))], false), ok, &dump).error.is_none());
+    }
+
+    #[test]
+    fn initial_fetch_timeout_ends_eds_warming_and_cds_initialisation() {
+        let mut s = state();
+        let start = std::time::Instant::now();
+        // CDS never answered: after its 15 s default the proxy is initialised anyway.
+        assert!(!s.initialized());
+        assert!(s.next_fetch_deadline().is_some_and(|d| d <= start + std::time::Duration::from_secs(16)));
+        assert!(!s.expire_fetches(start));
+        assert!(s.expire_fetches(start + std::time::Duration::from_secs(16)));
+        assert!(s.initialized());
+        // An EDS cluster whose endpoints never come is used without endpoints after its timeout.
+        let dump = super::super::XdsDump::default();
+        let ok = |_: Inputs, _: &HashSet<String>| Ok(());
+        assert!(s.handle(update(CLUSTER, &mut [cluster("a")], true), ok, &dump).error.is_none());
+        assert!(!s.store.endpoints.contains_key("a"));
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(16);
+        assert!(s.expire_fetches(later));
+        assert_eq!(s.store.endpoints.get("a").map(|e| e.len()), Some(0));
+        assert_eq!(s.next_fetch_deadline(), None);
+        // The real endpoints replace the stand-in.
+        assert!(s.handle(update(ENDPOINT, &mut [endpoints("a", 1)], false), ok, &dump).error.is_none());
+        assert_eq!(s.store.endpoints.get("a").map(|e| e.len()), Some(1));
     }
 }

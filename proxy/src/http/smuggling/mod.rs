@@ -22,6 +22,7 @@ mod gate;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -81,6 +82,11 @@ pub struct Guarded<IO> {
     max_head: usize,
     max_headers: usize,
     eof: bool,
+    /// `request_headers_timeout`: how long a head may stay incomplete (from its first byte, as
+    /// in Envoy), and the running deadline while one is. hyper's own header timer cannot do
+    /// this: it never sees a head the guard still holds.
+    head_timeout: Option<std::time::Duration>,
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Which protocols the connection's codec accepts.
@@ -111,7 +117,15 @@ impl<IO> Guarded<IO> {
             max_head,
             max_headers: max_headers.max(1),
             eof: false,
+            head_timeout: None,
+            head_deadline: None,
         }
+    }
+
+    /// Closes the connection (a read error) when a head stays incomplete for `timeout`.
+    pub fn with_head_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.head_timeout = timeout;
+        self
     }
 
     fn end_of_message(&mut self) -> State {
@@ -407,6 +421,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 _ => {}
             }
             if this.held.is_empty() {
+                this.head_deadline = None;
                 if this.state == State::Pass {
                     return Pin::new(&mut this.io).poll_read(cx, buf);
                 }
@@ -442,6 +457,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             let r = Pin::new(&mut this.io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
             this.held.truncate(before + n);
+            if r.is_pending() {
+                if let Some(t) = this.head_timeout {
+                    let d = this.head_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                    if d.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request headers timeout")));
+                    }
+                }
+                return Poll::Pending;
+            }
             ready!(r)?;
             if n == 0 {
                 this.eof = true;
@@ -449,6 +473,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             }
             let held = std::mem::take(&mut this.held);
             let ok = this.process(&held);
+            if ok > 0 {
+                // A head completed: what is held now is the next one, with its own deadline.
+                this.head_deadline = None;
+            }
             this.out = held;
             this.held = this.out.split_off(ok);
         }

@@ -23,17 +23,30 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::DynamicConfig, node: Node) {
     let delta = dynamic.delta;
-    let mut state = State::new(node, base, dynamic);
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let started = tokio::time::Instant::now();
+    let state = tokio::sync::Mutex::new(State::new(node, base, dynamic));
+    reconnecting(|| async {
+        let mut state = state.lock().await;
         let r = if delta { delta_session(&app, &mut state).await } else { sotw_session(&app, &mut state).await };
         match r {
             Ok(()) => tracing::info!("xDS stream closed by the control plane"),
             Err(e) => tracing::warn!(error = %e, "xDS stream failed"),
         }
         metrics().xds_connected.set(0);
-        // A stream that lived a while resets the backoff; a failing one doubles it.
+    })
+    .await
+}
+
+/// Runs `session` again and again, waiting between runs: jittered exponential backoff, half to
+/// all of 250 ms doubling to 30 s. A session that lived longer than the cap resets it.
+async fn reconnecting<F, Fut>(mut session: F) -> !
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = tokio::time::Instant::now();
+        session().await;
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
         }
@@ -245,5 +258,61 @@ fn short(type_url: &str) -> &'static str {
         ROUTE => "rds",
         ENDPOINT => "eds",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    /// When each of the first `n` sessions of `reconnecting` started, on paused time; `lived`
+    /// says how long session i runs before it ends.
+    async fn starts(lived: impl Fn(usize) -> Duration, n: usize) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut i = 0;
+        let run = super::reconnecting(move || {
+            let d = lived(i);
+            i += 1;
+            let _ = tx.send(t0.elapsed());
+            tokio::time::sleep(d)
+        });
+        let collect = async {
+            let mut at = Vec::new();
+            while at.len() < n {
+                at.push(rx.recv().await.unwrap());
+            }
+            at
+        };
+        tokio::select! {
+            _ = run => unreachable!(),
+            at = collect => at,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_sessions_back_off_from_250ms_doubling_to_30s_with_jitter() {
+        let at = starts(|_| Duration::ZERO, 12).await;
+        assert_eq!(at.len(), 12);
+        let mut cap = Duration::from_millis(250);
+        for w in at.windows(2) {
+            let gap = w[1] - w[0];
+            // Half to all of the current step (1 ms: the timer's resolution).
+            assert!(gap >= cap / 2 && gap <= cap + Duration::from_millis(1), "gap {gap:?} for step {cap:?}: {at:?}");
+            cap = (cap * 2).min(Duration::from_secs(30));
+        }
+        assert_eq!(cap, Duration::from_secs(30), "the steps reached the cap");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_lived_past_the_cap_resets_the_backoff() {
+        // Five quick failures, then a long-lived stream, then another failure.
+        let at = starts(|i| if i == 5 { Duration::from_secs(60) } else { Duration::ZERO }, 8).await;
+        let wait_after = |i: usize, lived: Duration| at[i + 1] - at[i] - lived;
+        assert!(wait_after(4, Duration::ZERO) >= Duration::from_secs(2), "{at:?}");
+        let reset = wait_after(5, Duration::from_secs(60));
+        assert!(reset <= Duration::from_millis(251), "after a long-lived stream: {reset:?}");
     }
 }

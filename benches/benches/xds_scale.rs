@@ -9,7 +9,6 @@
 //!
 //! Run: `cargo bench -p outrigger-benches --bench xds_scale` (SERVICES and CLIENTS to change the
 //! sizes). Only 127.0.0.1 is used; every wait is bounded.
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use outrigger_api::type_url::{CLUSTER as CDS, ENDPOINT as EDS};
+use outrigger_tests::proxy::http_request;
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -66,16 +66,6 @@ fn rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map(|kib| kib / 1024.0)
         .unwrap_or(0.0)
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split(' ').nth(1)?.parse().ok()?;
-    Some((status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
 }
 
 fn free_port() -> u16 {
@@ -131,7 +121,7 @@ fn main() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(120);
-    while http_get(&format!("127.0.0.1:{health}"), "/healthz/ready").map(|r| r.0) != Some(200) {
+    while http_request(([127, 0, 0, 1], health).into(), "GET", "/healthz/ready").ok().map(|r| r.0) != Some(200) {
         assert!(Instant::now() < deadline, "the sidecar was not ready within 120 s");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -42,7 +42,7 @@ enum Command {
     /// Exit 0 once the local proxy is ready (start-up ordering), 1 on timeout.
     Wait {
         /// How long to wait, e.g. 60s or 500ms.
-        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// The readiness address to poll.
         #[arg(long, default_value = "127.0.0.1:15021")]
@@ -85,17 +85,6 @@ struct MeshArgs {
     /// Prometheus (`GET /stats/prometheus`).
     #[arg(long, default_value = "0.0.0.0:15090")]
     prometheus_address: SocketAddr,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: u64 = n.parse().map_err(|_| format!("bad duration {s}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("bad duration unit in {s} (ms, s, m)")),
-    }
 }
 
 fn main() -> ExitCode {

@@ -116,20 +116,33 @@ fn capture_text(mut r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
     });
 }
 
+/// A fresh directory holding the bootstrap, and the arguments that load it.
+fn write_bootstrap(file_name: &str, contents: &str, extra_args: &[&str]) -> (PathBuf, Vec<String>) {
+    let dir = temp_dir();
+    let cfg = dir.join(file_name);
+    std::fs::write(&cfg, contents).expect("write bootstrap");
+    let mut args = vec!["-c".to_string(), cfg.display().to_string()];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    (dir, args)
+}
+
 impl Proxy {
     /// Starts the proxy on a JSON bootstrap with `--concurrency 1`.
     pub fn start(bootstrap: &Value) -> Proxy {
         Proxy::start_file("bootstrap.json", &serde_json::to_string_pretty(bootstrap).unwrap(), &[])
     }
 
+    /// As `start`, returning once the admin port answers, ready or not (a proxy whose control
+    /// plane never answers).
+    pub fn start_unready(bootstrap: &Value) -> Proxy {
+        let (dir, args) = write_bootstrap("bootstrap.json", &serde_json::to_string_pretty(bootstrap).unwrap(), &[]);
+        Proxy::launch(dir, &args, &[], None, false)
+    }
+
     /// Starts the proxy on `contents` written as `file_name` (its extension picks YAML or JSON).
     pub fn start_file(file_name: &str, contents: &str, extra_args: &[&str]) -> Proxy {
-        let dir = temp_dir();
-        let cfg = dir.join(file_name);
-        std::fs::write(&cfg, contents).expect("write bootstrap");
-        let mut args = vec!["-c".to_string(), cfg.display().to_string()];
-        args.extend(extra_args.iter().map(|a| a.to_string()));
-        Proxy::launch(dir, &args, &[], None)
+        let (dir, args) = write_bootstrap(file_name, contents, extra_args);
+        Proxy::launch(dir, &args, &[], None, true)
     }
 
     /// Starts `outrigger <args>` (a subcommand such as `sidecar ...`) with extra environment.
@@ -145,10 +158,10 @@ impl Proxy {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod temp dir");
         }
-        Proxy::launch(dir, &args, env, uid)
+        Proxy::launch(dir, &args, env, uid, true)
     }
 
-    fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)], uid: Option<u32>) -> Proxy {
+    fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)], uid: Option<u32>, ready: bool) -> Proxy {
         let admin_path = dir.join("admin-address");
         let mut cmd = Command::new(binary());
         if let Some(uid) = uid {
@@ -174,8 +187,10 @@ impl Proxy {
             }
             let addr = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
             if let Some(a) = addr {
-                if matches!(http_request(a, "GET", "/ready"), Ok((200, _))) {
-                    break a;
+                match http_request(a, "GET", "/ready") {
+                    Ok((200, _)) => break a,
+                    Ok(_) if !ready => break a,
+                    _ => {}
                 }
             }
             if Instant::now() > deadline {

@@ -102,6 +102,30 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// `/debug/syncz`: every connected proxy's ACKs, NACKs and counters, and the config errors.
+    pub async fn syncz(&self) -> Value {
+        let monitor: SocketAddr = ([127, 0, 0, 1], self.monitor_port).into();
+        crate::client::get_h1(monitor, "x", "/debug/syncz", &[]).await.json()
+    }
+
+    /// The syncz entry of proxy `id` once the control plane has handled `requests` of its
+    /// requests, each with every response it called for sent: its `responses` then say whether
+    /// anything else was pushed.
+    pub async fn handled(&self, id: &str, requests: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        loop {
+            let s = self.syncz().await;
+            let entry = s["proxies"].as_array().and_then(|ps| ps.iter().find(|p| p["id"] == id)).cloned();
+            if let Some(p) = entry.filter(|p| p["requests"].as_u64() >= Some(requests)) {
+                return p;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{id}: {requests} requests never handled: {s}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -3,7 +3,6 @@
 //! the right endpoints, in the proportions the VirtualService's weights say.
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use outrigger_tests::backend::GrpcServer;
 use outrigger_tests::proxy::temp_dir;
@@ -76,9 +75,16 @@ fn grpc_proxyless_client_resolves_through_outrigger_xds_with_weights() {
     assert!((120..=185).contains(&v1), "weights not followed: {got}");
 
     // All traffic to v2 once the weights say so.
+    // A fresh client each round: once the control plane has the new weights, every call goes to v2.
     std::fs::write(dir.join("echo.yaml"), config(a.addr, b.addr, 0, 100)).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let got = calls(xds_port, 20);
-    assert_eq!(got["v2"], 20, "{got}");
+    let deadline = std::time::Instant::now() + outrigger_tests::WAIT;
+    loop {
+        let got = calls(xds_port, 20);
+        assert_eq!(got["errors"], serde_json::json!([]), "{got}");
+        if got["v2"] == 20 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "traffic never moved to v2: {got}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

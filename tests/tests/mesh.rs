@@ -107,13 +107,9 @@ fn requests(ns: &NetNs, n: usize) -> Vec<Option<String>> {
 
 fn syncz(ns: &NetNs) -> Value {
     ns.enter(|| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:15014").unwrap();
-        s.write_all(b"GET /debug/syncz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        let json = body.split("\r\n\r\n").nth(1).unwrap_or("{}");
-        serde_json::from_str(json).unwrap_or(Value::Null)
+        let (_, body) = outrigger_tests::proxy::http_request(([127, 0, 0, 1], 15014).into(), "GET", "/debug/syncz")
+            .expect("GET /debug/syncz");
+        serde_json::from_str(&body).unwrap_or(Value::Null)
     })
 }
 

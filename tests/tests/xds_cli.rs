@@ -106,8 +106,9 @@ async fn control_plane_records_nacks_and_acks_per_proxy() {
         assert!(tokio::time::Instant::now() < deadline, "NACK not recorded: {s}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // The same version is not sent again after a NACK.
-    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await.is_err());
+    // The same version is not sent again after a NACK: with the NACK handled, one response.
+    let status = cp.handled(&node.id, 2).await;
+    assert_eq!(status["responses"], 1, "{status}");
     tx.send(DiscoveryRequest {
         type_url: cds.clone(),
         version_info: first.version_info.clone(),
@@ -153,7 +154,8 @@ async fn a_burst_of_changes_is_pushed_once() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let node = Node { id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(), ..Default::default() };
+    let node_id = "sidecar~10.0.0.1~a.default~default.svc.cluster.local";
+    let node = Node { id: node_id.into(), ..Default::default() };
     let cds = CLUSTER.to_string();
     tx.send(DiscoveryRequest { node: Some(node), type_url: cds.clone(), ..Default::default() }).unwrap();
     let mut stream = client
@@ -179,10 +181,10 @@ async fn a_burst_of_changes_is_pushed_once() {
     let names = second.resources.len();
     // All five new services in that one push (plus the first, and the fixed passthrough clusters).
     assert_eq!(names, first.resources.len() + 5, "the push did not carry the whole burst");
-    assert!(
-        tokio::time::timeout(std::time::Duration::from_millis(600), stream.message()).await.is_err(),
-        "a second push followed the same burst"
-    );
+    // The ACK of that push handled: nothing else was sent (a second load of the same burst would
+    // have pushed before the ACK of its first push could be handled, or not at all).
+    let status = cp.handled(node_id, 3).await;
+    assert_eq!(status["responses"], 2, "a second push followed the same burst: {status}");
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -236,7 +238,8 @@ async fn an_endpoint_change_pushes_only_that_assignment_and_traffic_follows() {
     // A raw ADS client holding the clusters and every assignment.
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let node = Node { id: "sidecar~10.0.0.1~x.t~t.svc.cluster.local".into(), ..Default::default() };
+    let node_id = "sidecar~10.0.0.1~x.t~t.svc.cluster.local";
+    let node = Node { id: node_id.into(), ..Default::default() };
     let (cds, eds) = (CLUSTER, ENDPOINT);
     let names: Vec<String> =
         ["a", "b", "c"].iter().map(|n| format!("outbound|8080||{n}.t.svc.cluster.local")).collect();
@@ -279,8 +282,9 @@ async fn an_endpoint_change_pushes_only_that_assignment_and_traffic_follows() {
         assert!(tokio::time::Instant::now() < deadline, "the proxy never moved to the new endpoint");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    // Nothing else followed: no cluster push for an endpoint change.
-    let more = tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await;
-    assert!(more.is_err(), "unexpected push after the endpoint change: {more:?}");
+    // Nothing else followed: no cluster push for an endpoint change. Five requests handled (two
+    // subscriptions, three ACKs), three responses.
+    let status = cp.handled(node_id, 5).await;
+    assert_eq!(status["responses"], 3, "unexpected push after the endpoint change: {status}");
     let _ = std::fs::remove_dir_all(&dir);
 }

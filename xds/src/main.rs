@@ -125,7 +125,7 @@ fn serve(dir: PathBuf, bind: std::net::IpAddr, xds_port: u16, monitor_port: u16)
         let incoming = futures_incoming(xds);
         tonic::transport::Server::builder()
             .add_service(
-                AggregatedDiscoveryServiceServer::new(Ads { control: Arc::clone(&control) })
+                AggregatedDiscoveryServiceServer::new(Ads { hub: Arc::clone(&control.hub) })
                     .max_decoding_message_size(64 << 20),
             )
             .serve_with_incoming_shutdown(incoming, async {

@@ -16,41 +16,35 @@ use crate::app::App;
 use crate::telemetry::stats::metrics;
 
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let app = app.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
+    serve_http(listener, move |req| route(&app, req)).await
 }
 
 /// Sidecar/router modes: Istio's readiness port (`GET /healthz/ready`, 15021) and Prometheus port
 /// (`GET /stats/prometheus`, 15090), each on its own listener.
 pub async fn serve_probe(listener: TcpListener, app: Arc<App>) {
+    serve_http(listener, move |req| match req.uri().path() {
+        "/healthz/ready" if app.state() == "LIVE" => text(StatusCode::OK, "ready\n"),
+        "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", app.state())),
+        "/stats/prometheus" | "/metrics" => {
+            reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics().render())
+        }
+        _ => text(StatusCode::NOT_FOUND, "/healthz/ready or /stats/prometheus\n"),
+    })
+    .await
+}
+
+/// HTTP/1 on `listener`, each request answered by `handle` (the admin and probe ports: small,
+/// synchronous answers).
+async fn serve_http<F>(listener: TcpListener, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let handle = Arc::new(handle);
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let app = app.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let app = app.clone();
-                async move {
-                    Ok::<_, Infallible>(match req.uri().path() {
-                        "/healthz/ready" if app.state() == "LIVE" => text(StatusCode::OK, "ready\n"),
-                        "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", app.state())),
-                        "/stats/prometheus" | "/metrics" => reply(
-                            StatusCode::OK,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            metrics().render(),
-                        ),
-                        _ => text(StatusCode::NOT_FOUND, "/healthz/ready or /stats/prometheus\n"),
-                    })
-                }
-            });
+            let svc = service_fn(move |req| std::future::ready(Ok::<_, Infallible>(handle(req))));
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }

@@ -23,31 +23,52 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::DynamicConfig, node: Node) {
     let delta = dynamic.delta;
-    let mut state = State::new(node, base, dynamic);
-    let mut backoff = BACKOFF_MIN;
-    loop {
+    let state = tokio::sync::Mutex::new(State::new(node, base, dynamic));
+    let session = || async {
+        let mut state = state.lock().await;
         expire_fetches(&app, &mut state);
-        let started = tokio::time::Instant::now();
         let r = if delta { delta_session(&app, &mut state).await } else { sotw_session(&app, &mut state).await };
         match r {
             Ok(()) => tracing::info!("xDS stream closed by the control plane"),
             Err(e) => tracing::warn!(error = %e, "xDS stream failed"),
         }
         metrics().xds_connected.set(0);
-        // A stream that lived a while resets the backoff; a failing one doubles it.
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
-        }
-        let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
-        let wake = tokio::time::Instant::now() + backoff / 2 + Duration::from_millis(jitter);
-        // Initial fetches time out whether or not there is a stream.
+    };
+    // Initial fetches time out whether or not there is a stream.
+    let (state_ref, app_ref) = (&state, &app);
+    let pause = |wake: tokio::time::Instant| async move {
+        let (state, app) = (state_ref, app_ref);
+        let mut state = state.lock().await;
         loop {
             let deadline = state.next_fetch_deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => break,
-                _ = until(deadline) => expire_fetches(&app, &mut state),
+                _ = until(deadline) => expire_fetches(app, &mut state),
             }
         }
+    };
+    reconnecting(session, pause).await
+}
+
+/// Runs `session` again and again, waiting between runs: jittered exponential backoff, half to
+/// all of 250 ms doubling to 30 s. A session that lived longer than the cap resets it.
+/// `pause(until)` waits between sessions (doing whatever must go on meanwhile).
+async fn reconnecting<F, Fut, P, PFut>(mut session: F, mut pause: P) -> !
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+    P: FnMut(tokio::time::Instant) -> PFut,
+    PFut: std::future::Future<Output = ()>,
+{
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = tokio::time::Instant::now();
+        session().await;
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
+        pause(tokio::time::Instant::now() + backoff / 2 + Duration::from_millis(jitter)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
@@ -318,5 +339,64 @@ fn short(type_url: &str) -> &'static str {
         ROUTE => "rds",
         ENDPOINT => "eds",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    /// When each of the first `n` sessions of `reconnecting` started, on paused time; `lived`
+    /// says how long session i runs before it ends.
+    async fn starts(lived: impl Fn(usize) -> Duration, n: usize) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut i = 0;
+        let run = super::reconnecting(
+            move || {
+                let d = lived(i);
+                i += 1;
+                let _ = tx.send(t0.elapsed());
+                tokio::time::sleep(d)
+            },
+            tokio::time::sleep_until,
+        );
+        let collect = async {
+            let mut at = Vec::new();
+            while at.len() < n {
+                at.push(rx.recv().await.unwrap());
+            }
+            at
+        };
+        tokio::select! {
+            _ = run => unreachable!(),
+            at = collect => at,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_sessions_back_off_from_250ms_doubling_to_30s_with_jitter() {
+        let at = starts(|_| Duration::ZERO, 12).await;
+        assert_eq!(at.len(), 12);
+        let mut cap = Duration::from_millis(250);
+        for w in at.windows(2) {
+            let gap = w[1] - w[0];
+            // Half to all of the current step (1 ms: the timer's resolution).
+            assert!(gap >= cap / 2 && gap <= cap + Duration::from_millis(1), "gap {gap:?} for step {cap:?}: {at:?}");
+            cap = (cap * 2).min(Duration::from_secs(30));
+        }
+        assert_eq!(cap, Duration::from_secs(30), "the steps reached the cap");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_lived_past_the_cap_resets_the_backoff() {
+        // Five quick failures, then a long-lived stream, then another failure.
+        let at = starts(|i| if i == 5 { Duration::from_secs(60) } else { Duration::ZERO }, 8).await;
+        let wait_after = |i: usize, lived: Duration| at[i + 1] - at[i] - lived;
+        assert!(wait_after(4, Duration::ZERO) >= Duration::from_secs(2), "{at:?}");
+        let reset = wait_after(5, Duration::from_secs(60));
+        assert!(reset <= Duration::from_millis(251), "after a long-lived stream: {reset:?}");
     }
 }

@@ -65,19 +65,14 @@ pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
 }
 
-/// Istio durations: "1s", "0.5s", "100ms", "1m", "1h".
+/// Istio durations: protobuf's decimal seconds ("1.5s"), or a number with a unit ("100ms",
+/// "1m", "1h", as humantime reads them).
 pub fn duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs))
+    if let Some(secs) = s.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
+        return (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs));
+    }
+    humantime::parse_duration(s).ok()
 }
 
 /// `google.protobuf.Duration` of a std duration.

@@ -1,60 +1,32 @@
 //! The ADS server (state of the world): each stream learns its proxy from the node, gets the
-//! configuration generated for that proxy, and is pushed again whenever the configuration
-//! changes — only the types whose content changed for it. Versions are per proxy and per type
-//! (a digest of what was sent), and every ACK and NACK is recorded for `/debug/syncz`.
-use std::collections::{BTreeMap, HashMap};
+//! configuration its [`Source`](super::stream::Source) has for that proxy, and is pushed again
+//! whenever the source moves — only the types whose content changed for it. Versions are per
+//! proxy and per type (a digest of what was sent), and every ACK and NACK is recorded for
+//! `/debug/syncz`.
+use std::collections::HashMap;
+use std::hash::Hasher;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::Any;
-use futures_stream::Stream;
-use std::hash::Hasher;
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 
-use super::cache::{served_for, Res, Served};
-use super::{Control, ProxyStatus};
-use crate::generate::{generate, ProxyInfo, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::cache::{Res, Served};
+use super::stream::{Conn, Hub};
+use super::Control;
+use crate::generate::{generate, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
-mod futures_stream {
-    pub use tokio_stream::Stream;
-}
-
+/// The ADS service over a hub: the control plane's, or a test's.
 pub struct Ads {
-    pub control: Arc<Control>,
+    pub hub: Arc<Hub>,
 }
 
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
-
-/// The proxy a node describes: Istio's metadata (NAMESPACE, LABELS, INSTANCE_IPS).
-pub fn proxy_info(node: &Node) -> ProxyInfo {
-    let md = node.metadata.as_ref().map(|m| &m.fields);
-    let get = |k: &str| {
-        md.and_then(|f| f.get(k)).and_then(|v| match &v.kind {
-            Some(Kind::StringValue(s)) => Some(s.clone()),
-            _ => None,
-        })
-    };
-    let namespace = get("NAMESPACE")
-        .or_else(|| node.id.split('~').nth(2).and_then(|s| s.rsplit('.').next()).map(str::to_string))
-        .unwrap_or_else(|| "default".into());
-    let labels = get("LABELS")
-        .map(|l| {
-            l.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-        })
-        .unwrap_or_default();
-    let instance_ip =
-        get("INSTANCE_IPS").and_then(|s| s.split(',').next().map(str::to_string)).filter(|s| !s.is_empty());
-    let proxyless = get("GENERATOR").is_some_and(|g| g == "grpc")
-        || !(node.id.starts_with("sidecar~") || node.id.starts_with("router~"));
-    ProxyInfo { id: node.id.clone(), namespace, labels, instance_ip, proxyless }
-}
 
 /// A version for a set of resources: a digest of their digests, in name order.
 fn version_of<'a>(resources: impl Iterator<Item = &'a Arc<Res>>) -> String {
@@ -79,23 +51,43 @@ struct Sub {
     sent: HashMap<String, u64>,
 }
 
-struct Stream1 {
-    conn: u64,
-    proxy: Option<ProxyInfo>,
-    subs: HashMap<String, Sub>,
-    resources: Arc<Served>,
+#[derive(Default)]
+struct Subs {
+    by_type: HashMap<String, Sub>,
     nonce: u64,
 }
 
-impl Stream1 {
+impl Subs {
+    /// Takes in a request; returns whether its type needs a response considered.
+    fn update(&mut self, r: &DiscoveryRequest) -> bool {
+        let entry = self.by_type.entry(r.type_url.clone()).or_default();
+        let names_changed = entry.names != r.resource_names;
+        entry.names = r.resource_names.clone();
+        if r.response_nonce.is_empty() {
+            // A new stream: the client has what its version says (a reconnect that is up to
+            // date gets nothing), and we know nothing it holds.
+            entry.version = r.version_info.clone();
+            entry.sent.clear();
+            true
+        } else if names_changed {
+            // Names it no longer asks for are forgotten: asked again, resent.
+            let names: std::collections::HashSet<&String> = entry.names.iter().collect();
+            entry.sent.retain(|n, _| names.is_empty() || names.contains(n));
+            entry.version.clear();
+            true
+        } else {
+            false
+        }
+    }
+
     /// The response `t` needs, if its content changed for this client. Listeners and clusters
     /// are always the complete set (the protocol's rule for them); routes and endpoints carry
     /// only what the client lacks, as the protocol allows for them (an endpoint change of one
-    /// service is one resource, not the whole registry).
-    fn response(&mut self, t: &str) -> Option<DiscoveryResponse> {
-        let sub = self.subs.get_mut(t)?;
-        let empty = BTreeMap::new();
-        let all = self.resources.get(t).map(|m| &**m).unwrap_or(&empty);
+    /// service is one resource, not the whole registry). A type the source has nothing of
+    /// (not even an empty set) is not answered.
+    fn response(&mut self, t: &str, resources: &Served) -> Option<DiscoveryResponse> {
+        let sub = self.by_type.get_mut(t)?;
+        let all = resources.get(t)?;
         // A wildcard LDS subscription (a sidecar) gets socket listeners; API listeners go only
         // to clients that name them (proxyless gRPC). Named subscriptions look their names up.
         let selected: Vec<(&String, &Arc<Res>)> = if sub.names.is_empty() {
@@ -144,79 +136,8 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        let mut inbound = req.into_inner();
-        let control = self.control.clone();
         let (tx, rx) = mpsc::channel(16);
-        let conn = control.next_conn.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            control.metrics.connected.inc();
-            let mut gen = control.generation.subscribe();
-            let mut s = Stream1 { conn, proxy: None, subs: HashMap::new(), resources: Arc::default(), nonce: 0 };
-            loop {
-                let types: Vec<String> = tokio::select! {
-                    msg = inbound.message() => {
-                        let Ok(Some(r)) = msg else { break };
-                        if s.proxy.is_none() {
-                            let Some(node) = r.node.as_ref() else {
-                                let _ = tx.send(Err(tonic::Status::invalid_argument("the first request must carry the node"))).await;
-                                break;
-                            };
-                            let info = proxy_info(node);
-                            control.proxies.lock().unwrap().insert(
-                                s.conn,
-                                ProxyStatus { id: info.id.clone(), namespace: info.namespace.clone(), info: info.clone(), ..Default::default() },
-                            );
-                            s.proxy = Some(info);
-                            if let Err(e) = regenerate(&control, &mut s) {
-                                tracing::error!(error = %e, "cannot generate configuration for a proxy");
-                            }
-                        }
-                        record(&control, &s, &r);
-                        let entry = s.subs.entry(r.type_url.clone()).or_default();
-                        let names_changed = entry.names != r.resource_names;
-                        entry.names = r.resource_names.clone();
-                        if r.response_nonce.is_empty() {
-                            // A new stream: the client has what its version says (a reconnect
-                            // that is up to date gets nothing), and we know nothing it holds.
-                            entry.version = r.version_info.clone();
-                            entry.sent.clear();
-                            vec![r.type_url.clone()]
-                        } else if names_changed {
-                            // Names it no longer asks for are forgotten: asked again, resent.
-                            let names: std::collections::HashSet<&String> = entry.names.iter().collect();
-                            entry.sent.retain(|n, _| names.is_empty() || names.contains(n));
-                            entry.version.clear();
-                            vec![r.type_url.clone()]
-                        } else {
-                            vec![]
-                        }
-                    }
-                    changed = gen.changed() => {
-                        if changed.is_err() { break }
-                        let start = std::time::Instant::now();
-                        if let Err(e) = regenerate(&control, &mut s) {
-                            tracing::error!(error = %e, "cannot generate configuration for a proxy");
-                            continue;
-                        }
-                        control.metrics.push_time.observe(start.elapsed().as_secs_f64());
-                        ORDER.iter().map(|t| t.to_string()).collect()
-                    }
-                };
-                for t in ORDER.iter().filter(|t| types.iter().any(|x| x == *t)) {
-                    if let Some(resp) = s.response(t) {
-                        control.metrics.pushes.inc();
-                        if let Some(p) = control.proxies.lock().unwrap().get_mut(&s.conn) {
-                            p.sent.insert(t.to_string(), resp.version_info.clone());
-                        }
-                        if tx.send(Ok(resp)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            control.proxies.lock().unwrap().remove(&s.conn);
-            control.metrics.connected.dec();
-        });
+        tokio::spawn(sotw(Conn::open(self.hub.clone()), req.into_inner(), tx));
         Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -224,26 +145,53 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         req: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        Ok(tonic::Response::new(super::delta::stream(self.control.clone(), req.into_inner())))
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(super::delta::stream(Conn::open(self.hub.clone()), req.into_inner(), tx));
+        Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
-fn regenerate(control: &Control, s: &mut Stream1) -> Result<(), String> {
-    let Some(p) = &s.proxy else { return Ok(()) };
-    s.resources = served_for(&control.cache, p)?;
-    Ok(())
-}
+pub(super) type Tx<T> = mpsc::Sender<Result<T, tonic::Status>>;
 
-fn record(control: &Control, s: &Stream1, r: &DiscoveryRequest) {
-    if !r.response_nonce.is_empty() {
-        control.record_reply(s.conn, &r.type_url, &r.version_info, r.error_detail.as_ref().map(|e| e.message.as_str()));
+async fn sotw(mut conn: Conn, mut inbound: tonic::Streaming<DiscoveryRequest>, tx: Tx<DiscoveryResponse>) {
+    let mut changes = conn.changes();
+    let mut subs = Subs::default();
+    loop {
+        let (types, request): (Vec<&str>, _) = tokio::select! {
+            msg = inbound.message() => {
+                let Ok(Some(r)) = msg else { break };
+                if let Err(status) = conn.identify(r.node.as_ref()) {
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+                conn.reply(&r.type_url, &r.response_nonce, &r.version_info, r.error_detail.as_ref().map(|e| e.message.as_str()));
+                let types = if subs.update(&r) { ORDER.iter().copied().filter(|t| *t == r.type_url).collect() } else { vec![] };
+                (types, Some(r))
+            }
+            changed = changes.changed() => {
+                if changed.is_err() { break }
+                if !conn.refresh() { continue }
+                (ORDER.to_vec(), None)
+            }
+        };
+        for t in types {
+            if let Some(resp) = subs.response(t, &conn.resources) {
+                conn.sent(&resp);
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some(r) = request {
+            conn.handled(&r);
+        }
     }
 }
 
 /// The resources a connected proxy would get now, for `/debug/config_dump?proxyID=`.
 pub fn dump_for(control: &Control, proxy_id: &str) -> Option<serde_json::Value> {
     let info = {
-        let proxies = control.proxies.lock().unwrap();
+        let proxies = control.hub.proxies.lock().unwrap();
         let p = proxies.values().find(|p| p.id == proxy_id)?;
         p.info.clone()
     };

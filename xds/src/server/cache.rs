@@ -96,6 +96,23 @@ impl Cache {
     }
 }
 
+/// The control plane's source for its ADS streams: the configurations generated from the
+/// registry in force.
+pub struct CacheSource {
+    pub cache: std::sync::Mutex<Cache>,
+    /// Follows the cache's generation; streams look at the cache again when it moves.
+    pub generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl super::stream::Source for CacheSource {
+    fn served_for(&self, proxy: &ProxyInfo) -> Result<Arc<Served>, String> {
+        served_for(&self.cache, proxy)
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
 /// The configuration for `proxy` at the current generation, generated at most once per class
 /// (streams of one class that ask together wait for the same generation).
 pub fn served_for(cache: &std::sync::Mutex<Cache>, proxy: &ProxyInfo) -> Result<Arc<Served>, String> {

@@ -3,10 +3,10 @@ pub mod ads;
 pub mod cache;
 pub mod delta;
 pub mod monitor;
+pub mod stream;
 pub mod watch;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
@@ -28,6 +28,11 @@ pub struct ProxyStatus {
     pub nacked: BTreeMap<String, String>,
     /// type URL → version last sent.
     pub sent: BTreeMap<String, String>,
+    /// Requests handled (each with every response it called for sent): with `responses`, what
+    /// a client can wait on to know the server is done with what it sent.
+    pub requests: u64,
+    /// Responses sent on this stream.
+    pub responses: u64,
     /// What the generator knows of it.
     #[serde(skip)]
     pub info: crate::generate::ProxyInfo,
@@ -41,29 +46,43 @@ pub struct Metrics {
     pub config_errors: Gauge,
 }
 
-/// Shared by the watcher, every ADS stream and the monitor.
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            pushes: Counter::default(),
+            nacks: Counter::default(),
+            connected: Gauge::default(),
+            push_time: Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            config_errors: Gauge::default(),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Shared by the watcher, the ADS streams (through the hub) and the monitor.
 pub struct Control {
-    /// The registry in force and the configurations generated from it.
-    pub cache: Mutex<cache::Cache>,
-    /// Follows the cache's generation; streams look at the cache again when it moves.
-    pub generation: tokio_watch::Sender<u64>,
+    /// The registry in force and the configurations generated from it: the streams' source.
+    pub source: Arc<cache::CacheSource>,
+    /// The ADS streams: connected proxies and push metrics.
+    pub hub: Arc<stream::Hub>,
     pub errors: Mutex<Vec<LoadError>>,
-    pub proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
-    pub next_conn: AtomicU64,
-    pub metrics: Metrics,
     pub registry_metrics: Mutex<prometheus_client::registry::Registry>,
     pub pool: prost_reflect::DescriptorPool,
 }
 
 impl Control {
     pub fn new(reg: Registry) -> Arc<Control> {
-        let metrics = Metrics {
-            pushes: Counter::default(),
-            nacks: Counter::default(),
-            connected: Gauge::default(),
-            push_time: Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
-            config_errors: Gauge::default(),
-        };
+        let source = Arc::new(cache::CacheSource {
+            cache: Mutex::new(cache::Cache::new(reg)),
+            generation: tokio_watch::channel(1).0,
+        });
+        let hub = stream::Hub::new(source.clone(), None);
+        let metrics = &hub.metrics;
         let mut r = prometheus_client::registry::Registry::default();
         r.register("pilot_xds_pushes", "xDS responses sent", metrics.pushes.clone());
         r.register("pilot_total_xds_rejects", "xDS NACKs received", metrics.nacks.clone());
@@ -75,26 +94,23 @@ impl Control {
             metrics.config_errors.clone(),
         );
         Arc::new(Control {
-            cache: Mutex::new(cache::Cache::new(reg)),
-            generation: tokio_watch::channel(1).0,
+            source,
+            hub: hub.clone(),
             errors: Mutex::new(Vec::new()),
-            proxies: Mutex::new(BTreeMap::new()),
-            next_conn: AtomicU64::new(1),
-            metrics,
             registry_metrics: Mutex::new(r),
             pool: outrigger_api::descriptor_pool(),
         })
     }
 
     pub fn registry(&self) -> Arc<Registry> {
-        self.cache.lock().unwrap().registry.clone()
+        self.source.cache.lock().unwrap().registry.clone()
     }
 
     /// Installs a new registry (from the watcher) and tells every stream to push what changed
     /// for it. An endpoint-only change regenerates only the affected ClusterLoadAssignments.
     pub fn update(&self, reg: Registry) {
         self.errors.lock().unwrap().clear();
-        self.metrics.config_errors.set(0);
+        self.hub.metrics.config_errors.set(0);
         let started = std::time::Instant::now();
         let old = self.registry();
         let change = crate::istio::diff::classify(&old, &reg);
@@ -104,42 +120,25 @@ impl Control {
             Change::Endpoints(services) => {
                 let cla = cache::load_assignments(&reg, &services);
                 tracing::info!(services = services.len(), assignments = cla.len(), "endpoint-only change");
-                let mut c = self.cache.lock().unwrap();
+                let mut c = self.source.cache.lock().unwrap();
                 c.patch_endpoints(reg, &cla);
                 c.generation
             }
             Change::Full => {
-                let mut c = self.cache.lock().unwrap();
+                let mut c = self.source.cache.lock().unwrap();
                 c.replace(reg);
                 c.generation
             }
         };
         tracing::debug!(us = started.elapsed().as_micros() as u64, "cache updated");
-        self.generation.send_replace(generation);
-    }
-
-    /// Records a proxy's ACK (`error` None) or NACK of `type_url` for `/debug/syncz` and metrics.
-    pub fn record_reply(&self, conn: u64, type_url: &str, version: &str, error: Option<&str>) {
-        let mut proxies = self.proxies.lock().unwrap();
-        let Some(p) = proxies.get_mut(&conn) else { return };
-        match error {
-            Some(e) => {
-                self.metrics.nacks.inc();
-                tracing::warn!(proxy = %p.id, type_url, error = e, "NACK");
-                p.nacked.insert(type_url.to_string(), e.to_string());
-            }
-            None => {
-                p.nacked.remove(type_url);
-                p.acked.insert(type_url.to_string(), version.to_string());
-            }
-        }
+        self.source.generation.send_replace(generation);
     }
 
     pub fn reject(&self, errors: Vec<LoadError>) {
         for e in &errors {
             tracing::error!(error = %e, "configuration rejected; the last good configuration stays in force");
         }
-        self.metrics.config_errors.set(errors.len() as i64);
+        self.hub.metrics.config_errors.set(errors.len() as i64);
         *self.errors.lock().unwrap() = errors;
     }
 }

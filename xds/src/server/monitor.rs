@@ -43,7 +43,7 @@ fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
             reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", out)
         }
         "/debug/syncz" => {
-            let proxies: Vec<_> = control.proxies.lock().unwrap().values().cloned().collect();
+            let proxies: Vec<_> = control.hub.proxies.lock().unwrap().values().cloned().collect();
             let errors: Vec<String> = control.errors.lock().unwrap().iter().map(|e| e.to_string()).collect();
             let body = serde_json::json!({"proxies": proxies, "config_errors": errors});
             reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&body).unwrap_or_default())

@@ -202,6 +202,9 @@ pub enum TcpMode {
     ReplyAfterEof,
     /// Send the given greeting and close the write side; discard whatever the client sends.
     Greet(&'static str),
+    /// An HTTP proxy's CONNECT handling: read a request head (recorded as the first bytes),
+    /// answer `200 Connection Established`, then echo every byte as `Echo` does.
+    HttpConnect,
 }
 
 /// A raw TCP server; records the first bytes of each connection.
@@ -260,6 +263,26 @@ async fn serve_tcp(mut s: TcpStream, mode: TcpMode, first: Arc<std::sync::Mutex<
         // Drain what the peer sends, so that closing never turns into a reset.
         while s.read(&mut buf).await? > 0 {}
         return Ok(());
+    }
+    if let TcpMode::HttpConnect = mode {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).await? == 0 {
+                first.lock().unwrap().push(head);
+                return Ok(());
+            }
+            head.push(b[0]);
+        }
+        first.lock().unwrap().push(head);
+        s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return s.shutdown().await;
+            }
+            s.write_all(&buf[..n]).await?;
+        }
     }
     let mut total = 0usize;
     let mut recorded = false;

@@ -132,6 +132,23 @@ impl Proxy {
         Proxy::launch(dir, &args, &[], None)
     }
 
+    /// As [`Proxy::start`], in a private mount namespace (`unshare -m`) whose `/etc/hosts` is
+    /// `hosts` (bind-mounted): the proxy's system resolver answers from that file, which the test
+    /// may rewrite in place (same inode) to move a name. Needs root.
+    pub fn start_with_hosts(bootstrap: &Value, hosts: &Path) -> Proxy {
+        let dir = temp_dir();
+        let cfg = dir.join("bootstrap.json");
+        std::fs::write(&cfg, serde_json::to_string_pretty(bootstrap).unwrap()).expect("write bootstrap");
+        let mut cmd = Command::new("unshare");
+        // unshare execs sh, which execs the proxy: the child's pid is the proxy's.
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" /etc/hosts && exec "$@""#])
+            .arg(hosts)
+            .arg(binary())
+            .arg("-c")
+            .arg(&cfg);
+        Proxy::launch_cmd(cmd, dir)
+    }
+
     /// Starts `outrigger <args>` (a subcommand such as `sidecar ...`) with extra environment.
     pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Proxy {
         Proxy::start_args_as(args, env, None)
@@ -149,17 +166,25 @@ impl Proxy {
     }
 
     fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)], uid: Option<u32>) -> Proxy {
-        let admin_path = dir.join("admin-address");
         let mut cmd = Command::new(binary());
         if let Some(uid) = uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
         }
-        cmd.args(args).arg("--admin-address-path").arg(&admin_path);
-        if !args.iter().any(|a| a.starts_with("--concurrency")) {
+        cmd.args(args).envs(env.iter().copied());
+        Proxy::launch_cmd(cmd, dir)
+    }
+
+    /// Runs `cmd` (the proxy, with its arguments so far) with an admin address file in `dir` and
+    /// `--concurrency 1` unless given, then waits until it is ready.
+    fn launch_cmd(mut cmd: Command, dir: PathBuf) -> Proxy {
+        let admin_path = dir.join("admin-address");
+        let given_concurrency = cmd.get_args().any(|a| a.to_string_lossy().starts_with("--concurrency"));
+        cmd.arg("--admin-address-path").arg(&admin_path);
+        if !given_concurrency {
             cmd.args(["--concurrency", "1"]);
         }
-        cmd.envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn outrigger");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));

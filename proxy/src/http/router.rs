@@ -200,6 +200,10 @@ async fn proxy(
 
     let cluster_name = action.target.pick();
     let Some(cluster) = snap.clusters.get(cluster_name) else {
+        // Envoy's NC flag, with the status the route's cluster_not_found_response_code names.
+        if let Some(l) = log.as_mut() {
+            l.entry.response_flags = Flag::NoCluster.as_str().into();
+        }
         return Ok(local_reply::response(action.cluster_not_found, ""));
     };
     if let Some(l) = log.as_mut() {

@@ -242,7 +242,7 @@ async fn upstream_closing_before_response_returns_503_with_uc_flag() {
 #[tokio::test]
 async fn upstream_answering_garbage_returns_502_with_upe_flag() {
     // Not HTTP at all: an SSH server's banner where a status line should be.
-    let garbage = TcpServer::start(TcpMode::Greet("SSH-2.0-OpenSSH_9.2p1\r\n\r\n"));
+    let garbage = TcpServer::start(TcpMode::AnswerHead("SSH-2.0-OpenSSH_9.2p1\r\n\r\n"));
     let p = Proxy::start(&simple(&[garbage.addr]));
     let r = get_h1(p.addr("http"), "x", "/upe", &[]).await;
     assert_eq!(r.status, 502);
@@ -252,4 +252,5 @@ async fn upstream_answering_garbage_returns_502_with_upe_flag() {
     assert_eq!(log["response_code"], 502);
     assert_eq!(log["upstream_host"], garbage.addr.to_string());
     assert_eq!(garbage.connections(), 1);
+    assert!(garbage.first_bytes()[0].starts_with(b"GET /upe HTTP/1.1\r\n"), "the request never reached it");
 }

@@ -2,7 +2,7 @@
 //! owns shutdown and drain.
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,8 @@ pub struct App {
     /// Resources received over xDS, for `/config_dump` (None without dynamic_resources).
     pub xds: Option<Arc<crate::xds::XdsDump>>,
     state: AtomicU8,
+    /// The initial fetch timeout is running (see `mark_initialized_after`).
+    init_timer: AtomicBool,
     quit: Notify,
     log: LogControl,
     apply_lock: Mutex<()>,
@@ -80,8 +82,24 @@ impl App {
         names.all(|n| snap.listeners.iter().any(|l| &l.config.name == n))
     }
 
-    pub fn mark_initialized(&self) {
-        let _ = self.state.compare_exchange(STATE_INITIALIZING, STATE_LIVE, Ordering::Relaxed, Ordering::Relaxed);
+    /// Initialising → LIVE; false when it was not initialising any more.
+    pub fn mark_initialized(&self) -> bool {
+        self.state.compare_exchange(STATE_INITIALIZING, STATE_LIVE, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// Marks the proxy initialised `after` from now (once: later calls do nothing), unless it is
+    /// by then already.
+    pub fn mark_initialized_after(self: &Arc<Self>, after: Duration) {
+        if self.init_timer.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let app = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if app.mark_initialized() {
+                tracing::info!(?after, "initial fetch timeout: initialised without the endpoints still missing");
+            }
+        });
     }
 
     /// Binds new listeners, drains removed ones, then publishes the snapshot built from `inputs`.
@@ -205,6 +223,7 @@ pub fn run(opts: Options, bootstrap: crate::config::Bootstrap) -> anyhow::Result
         probe_addrs,
         xds: dynamic.as_ref().map(|_| Arc::new(crate::xds::XdsDump::default())),
         state: AtomicU8::new(if dynamic.is_some() { STATE_INITIALIZING } else { STATE_LIVE }),
+        init_timer: AtomicBool::new(false),
         quit: Notify::new(),
         log: opts.log,
         apply_lock: Mutex::new(()),

@@ -177,7 +177,23 @@ impl Proxy {
 
     /// Runs `cmd` (the proxy, with its arguments so far) with an admin address file in `dir` and
     /// `--concurrency 1` unless given, then waits until it is ready.
-    fn launch_cmd(mut cmd: Command, dir: PathBuf) -> Proxy {
+    fn launch_cmd(cmd: Command, dir: PathBuf) -> Proxy {
+        Proxy::launch_until(cmd, dir, "ready", |a| matches!(http_request(a, "GET", "/ready"), Ok((200, _))))
+    }
+
+    /// As [`Proxy::start`], without waiting for `/ready`: returns once the admin server answers
+    /// and some listener is bound (a dynamic proxy may serve before it is initialised).
+    pub fn start_before_ready(bootstrap: &Value) -> Proxy {
+        let dir = temp_dir();
+        let cfg = dir.join("bootstrap.json");
+        std::fs::write(&cfg, serde_json::to_string_pretty(bootstrap).unwrap()).expect("write bootstrap");
+        let mut cmd = Command::new(binary());
+        cmd.arg("-c").arg(&cfg);
+        Proxy::launch_until(cmd, dir, "a listener bound", |a| listeners_of(a).is_some_and(|l| !l.is_empty()))
+    }
+
+    /// Runs the proxy and waits until `up(admin address)`.
+    fn launch_until(mut cmd: Command, dir: PathBuf, what: &str, up: fn(SocketAddr) -> bool) -> Proxy {
         let admin_path = dir.join("admin-address");
         let given_concurrency = cmd.get_args().any(|a| a.to_string_lossy().starts_with("--concurrency"));
         cmd.arg("--admin-address-path").arg(&admin_path);
@@ -199,30 +215,17 @@ impl Proxy {
             }
             let addr = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
             if let Some(a) = addr {
-                if matches!(http_request(a, "GET", "/ready"), Ok((200, _))) {
+                if up(a) {
                     break a;
                 }
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("outrigger not ready after {START_TIMEOUT:?}; stderr:\n{}", stderr.lock().unwrap());
+                panic!("outrigger: no {what} after {START_TIMEOUT:?}; stderr:\n{}", stderr.lock().unwrap());
             }
             std::thread::sleep(Duration::from_millis(25));
         };
-        let (status, body) = http_request(admin, "GET", "/listeners?format=json").expect("admin /listeners");
-        assert_eq!(status, 200, "/listeners: {body}");
-        let v: Value = serde_json::from_str(&body).expect("/listeners JSON");
-        let listeners = v["listener_statuses"]
-            .as_array()
-            .expect("listener_statuses")
-            .iter()
-            .map(|l| {
-                let sa = &l["local_address"]["socket_address"];
-                let ip: std::net::IpAddr = sa["address"].as_str().unwrap().parse().unwrap();
-                let port = sa["port_value"].as_u64().unwrap() as u16;
-                (l["name"].as_str().unwrap().to_string(), SocketAddr::new(ip, port))
-            })
-            .collect();
+        let listeners = listeners_of(admin).expect("admin /listeners");
         Proxy { child, dir, admin, listeners, stdout, stderr, exit: None }
     }
 
@@ -351,6 +354,25 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The bound listeners, from the admin API's `/listeners?format=json`.
+fn listeners_of(admin: SocketAddr) -> Option<Vec<(String, SocketAddr)>> {
+    let (status, body) = http_request(admin, "GET", "/listeners?format=json").ok()?;
+    assert_eq!(status, 200, "/listeners: {body}");
+    let v: Value = serde_json::from_str(&body).expect("/listeners JSON");
+    let listeners = v["listener_statuses"]
+        .as_array()
+        .expect("listener_statuses")
+        .iter()
+        .map(|l| {
+            let sa = &l["local_address"]["socket_address"];
+            let ip: std::net::IpAddr = sa["address"].as_str().unwrap().parse().unwrap();
+            let port = sa["port_value"].as_u64().unwrap() as u16;
+            (l["name"].as_str().unwrap().to_string(), SocketAddr::new(ip, port))
+        })
+        .collect();
+    Some(listeners)
 }
 
 fn read_status_kib(pid: u32, field: &str) -> Option<u64> {

@@ -1,7 +1,8 @@
-//! Cluster warming (Envoy's semantics for a cluster added over CDS): an EDS cluster is not used
-//! until its ClusterLoadAssignment has arrived. Requests routed to it meanwhile get Envoy's
-//! "no cluster" reply (503, flag NC), the clusters already in use keep serving and the proxy stays
-//! ready; once the endpoints arrive the same route reaches them.
+//! Cluster warming, with Envoy's semantics: an EDS cluster is not used until its
+//! ClusterLoadAssignment has arrived. Added after initialisation, requests routed to it meanwhile
+//! get Envoy's "no cluster" reply (503, flag NC), the clusters already in use keep serving and the
+//! proxy stays ready; once the endpoints arrive the same route reaches them. At start-up,
+//! initialisation (so `/ready`) waits for the first assignment, at most the initial fetch timeout.
 use outrigger_tests::ads::{AdsServer, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use outrigger_tests::client::get_h1;
 use outrigger_tests::config::STDOUT_LOG_TYPE;
@@ -71,4 +72,42 @@ async fn eventually_status(addr: std::net::SocketAddr, path: &str, want: u16) {
         assert!(tokio::time::Instant::now() < deadline, "{path} still answers {s}, not {want}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// The initial fetch timeout's log line (Envoy's default, 15 s).
+const TIMED_OUT: &str = "initial fetch timeout";
+
+#[tokio::test]
+async fn initialisation_waits_for_the_first_assignment_of_a_warming_eds_cluster() {
+    let b = Backend::start("cold");
+    let ads = AdsServer::start();
+    ads.set(CLUSTER, vec![eds_cluster("cold")]);
+    ads.set(ROUTE, vec![routes(&["cold"])]);
+    ads.set(LISTENER, vec![logged_listener()]);
+    let p = Proxy::start_before_ready(&dynamic_bootstrap(ads.addr));
+    // Listeners, clusters and routes are in (the listener is bound), the cluster is warming: as
+    // Envoy, the proxy is not initialised, so not ready.
+    let (status, body) = p.admin_get("/ready");
+    assert_eq!((status, body.as_str()), (503, "PRE_INITIALIZING\n"), "stderr:\n{}", p.stderr());
+    assert_eq!(b.requests(), 0);
+    ads.set(ENDPOINT, vec![assignment("cold", &[b.addr])]);
+    eventually("ready once the assignment arrived", WAIT, || (p.admin_get("/ready").0 == 200).then_some(())).await;
+    assert!(!p.stderr().contains(TIMED_OUT), "it was the timeout, not the assignment:\n{}", p.stderr());
+    assert_eq!(get_h1(p.addr("dyn"), "x", "/cold", &[]).await.header("x-backend"), Some("cold"));
+}
+
+#[tokio::test]
+async fn initialisation_goes_on_without_endpoints_that_never_arrive_after_the_initial_fetch_timeout() {
+    let ads = AdsServer::start();
+    ads.set(CLUSTER, vec![eds_cluster("cold")]);
+    ads.set(ROUTE, vec![routes(&["cold"])]);
+    ads.set(LISTENER, vec![logged_listener()]);
+    let p = Proxy::start_before_ready(&dynamic_bootstrap(ads.addr));
+    assert_eq!(p.admin_get("/ready").0, 503);
+    // Readiness does not hang on a missing assignment: ready after the (15 s) timeout.
+    let bound = std::time::Duration::from_secs(60);
+    eventually("ready after the initial fetch timeout", bound, || (p.admin_get("/ready").0 == 200).then_some(())).await;
+    assert!(p.stderr().contains(TIMED_OUT), "{}", p.stderr());
+    // The cluster still has no endpoints to use.
+    assert_eq!(get_h1(p.addr("dyn"), "x", "/cold", &[]).await.status, 503);
 }

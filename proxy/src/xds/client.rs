@@ -18,6 +18,9 @@ use crate::config;
 use crate::telemetry::stats::metrics;
 use crate::translate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
+/// Envoy's default `initial_fetch_timeout`: how long initialisation waits for a warming cluster's
+/// endpoints (the field itself is not read yet: every config source gets the default).
+const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -66,11 +69,17 @@ async fn connect(
 
 /// After an update: metrics, readiness, and memory the parse left behind (now, and once more
 /// a moment later).
-fn record(app: &App, state: &State, type_url: &str, out: &Outcome, trim_at: &mut Option<tokio::time::Instant>) {
+fn record(app: &Arc<App>, state: &State, type_url: &str, out: &Outcome, trim_at: &mut Option<tokio::time::Instant>) {
     metrics().xds_update(short(type_url), out.error.is_none());
     if out.error.is_none() {
         if state.initialized() && app.listeners_warm(state.store.listeners.keys()) {
-            app.mark_initialized();
+            if state.clusters_warm() {
+                let _ = app.mark_initialized();
+            } else {
+                // As Envoy: initialisation waits for each EDS cluster's first assignment, at most
+                // the initial fetch timeout, then goes on without it.
+                app.mark_initialized_after(INITIAL_FETCH_TIMEOUT);
+            }
         }
         crate::app::release_free_memory();
         *trim_at = Some(tokio::time::Instant::now() + TRIM_AGAIN_AFTER);

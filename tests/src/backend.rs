@@ -202,6 +202,12 @@ pub enum TcpMode {
     ReplyAfterEof,
     /// Send the given greeting and close the write side; discard whatever the client sends.
     Greet(&'static str),
+    /// Read a request head (recorded as the first bytes), answer with the given bytes whatever
+    /// the request was, then close: an upstream that answers garbage where HTTP belongs.
+    AnswerHead(&'static str),
+    /// An HTTP proxy's CONNECT handling: read a request head (recorded as the first bytes),
+    /// answer `200 Connection Established`, then echo every byte as `Echo` does.
+    HttpConnect,
 }
 
 /// A raw TCP server; records the first bytes of each connection.
@@ -251,6 +257,22 @@ async fn accept_tcp(
     }
 }
 
+/// Reads byte by byte up to the end of a request head, records it as the connection's first bytes;
+/// false when the peer closed first.
+async fn read_head(s: &mut TcpStream, first: &std::sync::Mutex<Vec<Vec<u8>>>) -> std::io::Result<bool> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 {
+            first.lock().unwrap().push(head);
+            return Ok(false);
+        }
+        head.push(b[0]);
+    }
+    first.lock().unwrap().push(head);
+    Ok(true)
+}
+
 async fn serve_tcp(mut s: TcpStream, mode: TcpMode, first: Arc<std::sync::Mutex<Vec<Vec<u8>>>>) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     if let TcpMode::Greet(g) = mode {
@@ -260,6 +282,25 @@ async fn serve_tcp(mut s: TcpStream, mode: TcpMode, first: Arc<std::sync::Mutex<
         // Drain what the peer sends, so that closing never turns into a reset.
         while s.read(&mut buf).await? > 0 {}
         return Ok(());
+    }
+    if let TcpMode::AnswerHead(answer) = mode {
+        if read_head(&mut s, &first).await? {
+            s.write_all(answer.as_bytes()).await?;
+        }
+        return s.shutdown().await;
+    }
+    if let TcpMode::HttpConnect = mode {
+        if !read_head(&mut s, &first).await? {
+            return Ok(());
+        }
+        s.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return s.shutdown().await;
+            }
+            s.write_all(&buf[..n]).await?;
+        }
     }
     let mut total = 0usize;
     let mut recorded = false;

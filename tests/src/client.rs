@@ -226,3 +226,81 @@ impl H1Conn {
         .expect("request timed out")
     }
 }
+
+/// An HTTP/2 frame as read off the wire.
+#[derive(Debug, Clone)]
+pub struct H2Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+impl H2Frame {
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const GOAWAY: u8 = 7;
+    pub const END_STREAM: u8 = 0x1;
+
+    pub fn end_stream(&self) -> bool {
+        matches!(self.kind, H2Frame::DATA | H2Frame::HEADERS) && self.flags & H2Frame::END_STREAM != 0
+    }
+}
+
+/// A bare HTTP/2 (h2c prior knowledge) client that shows every frame the server sends, for what
+/// hyper's client hides (GOAWAY). Requests are HPACK literals without Huffman coding.
+pub struct H2Raw(TcpStream);
+
+impl H2Raw {
+    /// Connects and sends the connection preface with empty SETTINGS.
+    pub async fn connect(addr: SocketAddr) -> H2Raw {
+        let mut s = TcpStream::connect(addr).await.expect("connect to proxy");
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+        let mut h = H2Raw(s);
+        h.write_frame(H2Frame::SETTINGS, 0, 0, &[]).await.expect("SETTINGS");
+        h
+    }
+
+    async fn write_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> std::io::Result<()> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.0.write_all(&f).await
+    }
+
+    /// Sends a GET (HEADERS with END_STREAM) on `stream` (odd, increasing).
+    pub async fn get(&mut self, stream: u32, authority: &str, path: &str, headers: &[(&str, &str)]) {
+        let mut block = Vec::new();
+        let all = [(":method", "GET"), (":scheme", "http"), (":authority", authority), (":path", path)];
+        for (n, v) in all.iter().chain(headers) {
+            block.push(0); // literal header field without indexing, new name
+            for s in [n.as_bytes(), v.as_bytes()] {
+                assert!(s.len() < 127, "H2Raw only encodes short header fields");
+                block.push(s.len() as u8);
+                block.extend_from_slice(s);
+            }
+        }
+        // END_STREAM | END_HEADERS
+        self.write_frame(H2Frame::HEADERS, 0x5, stream, &block).await.expect("HEADERS");
+    }
+
+    /// The next frame (SETTINGS are acknowledged as they come); None when the peer closed or
+    /// nothing came within `TIMEOUT`.
+    pub async fn next_frame(&mut self) -> Option<H2Frame> {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(TIMEOUT, self.0.read_exact(&mut head)).await.ok()?.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        tokio::time::timeout(TIMEOUT, self.0.read_exact(&mut payload)).await.ok()?.ok()?;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let f = H2Frame { kind: head[3], flags: head[4], stream, payload };
+        if f.kind == H2Frame::SETTINGS && f.flags & 1 == 0 {
+            // The peer may be closing: a failed ACK is not this reader's concern.
+            let _ = self.write_frame(H2Frame::SETTINGS, 1, 0, &[]).await;
+        }
+        Some(f)
+    }
+}

@@ -13,6 +13,7 @@ pub mod ads;
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod curl;
 pub mod netns;
 pub mod proxy;
 pub mod raw_upstream;

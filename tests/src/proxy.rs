@@ -116,33 +116,37 @@ fn capture_text(mut r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
     });
 }
 
-/// A fresh directory holding the bootstrap, and the arguments that load it.
-fn write_bootstrap(file_name: &str, contents: &str, extra_args: &[&str]) -> (PathBuf, Vec<String>) {
-    let dir = temp_dir();
-    let cfg = dir.join(file_name);
-    std::fs::write(&cfg, contents).expect("write bootstrap");
-    let mut args = vec!["-c".to_string(), cfg.display().to_string()];
-    args.extend(extra_args.iter().map(|a| a.to_string()));
-    (dir, args)
-}
-
 impl Proxy {
     /// Starts the proxy on a JSON bootstrap with `--concurrency 1`.
     pub fn start(bootstrap: &Value) -> Proxy {
         Proxy::start_file("bootstrap.json", &serde_json::to_string_pretty(bootstrap).unwrap(), &[])
     }
 
-    /// As `start`, returning once the admin port answers, ready or not (a proxy whose control
-    /// plane never answers).
-    pub fn start_unready(bootstrap: &Value) -> Proxy {
-        let (dir, args) = write_bootstrap("bootstrap.json", &serde_json::to_string_pretty(bootstrap).unwrap(), &[]);
-        Proxy::launch(dir, &args, &[], None, false)
-    }
-
     /// Starts the proxy on `contents` written as `file_name` (its extension picks YAML or JSON).
     pub fn start_file(file_name: &str, contents: &str, extra_args: &[&str]) -> Proxy {
-        let (dir, args) = write_bootstrap(file_name, contents, extra_args);
-        Proxy::launch(dir, &args, &[], None, true)
+        let dir = temp_dir();
+        let cfg = dir.join(file_name);
+        std::fs::write(&cfg, contents).expect("write bootstrap");
+        let mut args = vec!["-c".to_string(), cfg.display().to_string()];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        Proxy::launch(dir, &args, &[], None)
+    }
+
+    /// As [`Proxy::start`], in a private mount namespace (`unshare -m`) whose `/etc/hosts` is
+    /// `hosts` (bind-mounted): the proxy's system resolver answers from that file, which the test
+    /// may rewrite in place (same inode) to move a name. Needs root.
+    pub fn start_with_hosts(bootstrap: &Value, hosts: &Path) -> Proxy {
+        let dir = temp_dir();
+        let cfg = dir.join("bootstrap.json");
+        std::fs::write(&cfg, serde_json::to_string_pretty(bootstrap).unwrap()).expect("write bootstrap");
+        let mut cmd = Command::new("unshare");
+        // unshare execs sh, which execs the proxy: the child's pid is the proxy's.
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" /etc/hosts && exec "$@""#])
+            .arg(hosts)
+            .arg(binary())
+            .arg("-c")
+            .arg(&cfg);
+        Proxy::launch_cmd(cmd, dir)
     }
 
     /// Starts `outrigger <args>` (a subcommand such as `sidecar ...`) with extra environment.
@@ -158,21 +162,56 @@ impl Proxy {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod temp dir");
         }
-        Proxy::launch(dir, &args, env, uid, true)
+        Proxy::launch(dir, &args, env, uid)
     }
 
-    fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)], uid: Option<u32>, ready: bool) -> Proxy {
-        let admin_path = dir.join("admin-address");
+    fn launch(dir: PathBuf, args: &[String], env: &[(&str, &str)], uid: Option<u32>) -> Proxy {
         let mut cmd = Command::new(binary());
         if let Some(uid) = uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
         }
-        cmd.args(args).arg("--admin-address-path").arg(&admin_path);
-        if !args.iter().any(|a| a.starts_with("--concurrency")) {
+        cmd.args(args).envs(env.iter().copied());
+        Proxy::launch_cmd(cmd, dir)
+    }
+
+    /// Runs `cmd` (the proxy, with its arguments so far) with an admin address file in `dir` and
+    /// `--concurrency 1` unless given, then waits until it is ready.
+    fn launch_cmd(cmd: Command, dir: PathBuf) -> Proxy {
+        Proxy::launch_until(cmd, dir, "ready", |a| matches!(http_request(a, "GET", "/ready"), Ok((200, _))))
+    }
+
+    /// As [`Proxy::start`], without waiting for `/ready`: returns once the admin server answers
+    /// and some listener is bound (a dynamic proxy may serve before it is initialised).
+    pub fn start_before_ready(bootstrap: &Value) -> Proxy {
+        let dir = temp_dir();
+        let cfg = dir.join("bootstrap.json");
+        std::fs::write(&cfg, serde_json::to_string_pretty(bootstrap).unwrap()).expect("write bootstrap");
+        let mut cmd = Command::new(binary());
+        cmd.arg("-c").arg(&cfg);
+        Proxy::launch_until(cmd, dir, "a listener bound", |a| listeners_of(a).is_some_and(|l| !l.is_empty()))
+    }
+
+    /// As [`Proxy::start`], returning once the admin port answers, ready or not (a proxy whose
+    /// control plane never answers).
+    pub fn start_unready(bootstrap: &Value) -> Proxy {
+        let dir = temp_dir();
+        let cfg = dir.join("bootstrap.json");
+        std::fs::write(&cfg, serde_json::to_string_pretty(bootstrap).unwrap()).expect("write bootstrap");
+        let mut cmd = Command::new(binary());
+        cmd.arg("-c").arg(&cfg);
+        Proxy::launch_until(cmd, dir, "an admin answer", |a| http_request(a, "GET", "/ready").is_ok())
+    }
+
+    /// Runs the proxy and waits until `up(admin address)`.
+    fn launch_until(mut cmd: Command, dir: PathBuf, what: &str, up: fn(SocketAddr) -> bool) -> Proxy {
+        let admin_path = dir.join("admin-address");
+        let given_concurrency = cmd.get_args().any(|a| a.to_string_lossy().starts_with("--concurrency"));
+        cmd.arg("--admin-address-path").arg(&admin_path);
+        if !given_concurrency {
             cmd.args(["--concurrency", "1"]);
         }
-        cmd.envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn outrigger");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -187,32 +226,17 @@ impl Proxy {
             }
             let addr = std::fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse::<SocketAddr>().ok());
             if let Some(a) = addr {
-                match http_request(a, "GET", "/ready") {
-                    Ok((200, _)) => break a,
-                    Ok(_) if !ready => break a,
-                    _ => {}
+                if up(a) {
+                    break a;
                 }
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("outrigger not ready after {START_TIMEOUT:?}; stderr:\n{}", stderr.lock().unwrap());
+                panic!("outrigger: no {what} after {START_TIMEOUT:?}; stderr:\n{}", stderr.lock().unwrap());
             }
             std::thread::sleep(Duration::from_millis(25));
         };
-        let (status, body) = http_request(admin, "GET", "/listeners?format=json").expect("admin /listeners");
-        assert_eq!(status, 200, "/listeners: {body}");
-        let v: Value = serde_json::from_str(&body).expect("/listeners JSON");
-        let listeners = v["listener_statuses"]
-            .as_array()
-            .expect("listener_statuses")
-            .iter()
-            .map(|l| {
-                let sa = &l["local_address"]["socket_address"];
-                let ip: std::net::IpAddr = sa["address"].as_str().unwrap().parse().unwrap();
-                let port = sa["port_value"].as_u64().unwrap() as u16;
-                (l["name"].as_str().unwrap().to_string(), SocketAddr::new(ip, port))
-            })
-            .collect();
+        let listeners = listeners_of(admin).expect("admin /listeners");
         Proxy { child, dir, admin, listeners, stdout, stderr, exit: None }
     }
 
@@ -341,6 +365,25 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// The bound listeners, from the admin API's `/listeners?format=json`.
+fn listeners_of(admin: SocketAddr) -> Option<Vec<(String, SocketAddr)>> {
+    let (status, body) = http_request(admin, "GET", "/listeners?format=json").ok()?;
+    assert_eq!(status, 200, "/listeners: {body}");
+    let v: Value = serde_json::from_str(&body).expect("/listeners JSON");
+    let listeners = v["listener_statuses"]
+        .as_array()
+        .expect("listener_statuses")
+        .iter()
+        .map(|l| {
+            let sa = &l["local_address"]["socket_address"];
+            let ip: std::net::IpAddr = sa["address"].as_str().unwrap().parse().unwrap();
+            let port = sa["port_value"].as_u64().unwrap() as u16;
+            (l["name"].as_str().unwrap().to_string(), SocketAddr::new(ip, port))
+        })
+        .collect();
+    Some(listeners)
 }
 
 fn read_status_kib(pid: u32, field: &str) -> Option<u64> {

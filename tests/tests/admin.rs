@@ -9,14 +9,6 @@ use outrigger_tests::{Backend, Proxy};
 use serde_json::{json, Value};
 
 #[tokio::test]
-async fn ready_is_200_once_listeners_are_up() {
-    let b = Backend::start("app");
-    let p = Proxy::start(&simple(&[b.addr]));
-    assert_eq!(p.admin_get("/ready"), (200, "LIVE\n".to_string()));
-    assert_eq!(get_h1(p.addr("http"), "x", "/", &[]).await.status, 200);
-}
-
-#[tokio::test]
 async fn config_dump_shows_the_loaded_listener_and_cluster() {
     let b = Backend::start("app");
     let p = Proxy::start(&simple(&[b.addr]));
@@ -73,11 +65,93 @@ async fn quitquitquit_exits_cleanly() {
 }
 
 #[tokio::test]
-async fn drain_listeners_makes_ready_fail() {
+async fn drain_listeners_stops_accepting_and_fails_ready_while_the_request_in_flight_finishes() {
     let b = Backend::start("app");
     let p = Proxy::start(&simple(&[b.addr]));
+    let addr = p.addr("http");
+    assert_eq!(p.admin_get("/ready"), (200, "LIVE\n".to_string()));
+    let slow = tokio::spawn(async move { get_h1(addr, "x", "/slow", &[("x-delay-ms", "2000")]).await });
+    outrigger_tests::eventually("request at the backend", outrigger_tests::WAIT, || (b.requests() == 1).then_some(()))
+        .await;
     assert_eq!(p.admin_post("/drain_listeners").0, 200);
     assert_eq!(p.admin_get("/ready").0, 503);
+    // The listening socket is closed: new connections are refused.
+    let deadline = tokio::time::Instant::now() + outrigger_tests::WAIT;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the listener still accepts after /drain_listeners");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "the in-flight request was cut: {}", r.text());
+    assert_eq!(r.json()["path"], "/slow");
+    assert_eq!(b.requests(), 1, "a request after the drain reached the backend");
+    // Draining is not exiting: the admin server still answers.
+    assert_eq!(p.admin_get("/ready").0, 503);
+}
+
+#[tokio::test]
+async fn sigterm_sends_http2_goaway_and_the_stream_in_flight_completes() {
+    use outrigger_tests::client::{H2Frame, H2Raw};
+    let b = Backend::start("app");
+    let mut p = Proxy::start(&simple(&[b.addr]));
+    let mut h2 = H2Raw::connect(p.addr("http")).await;
+    h2.get(1, "svc.test", "/slow", &[("x-delay-ms", "1500")]).await;
+    outrigger_tests::eventually("request at the backend", outrigger_tests::WAIT, || (b.requests() == 1).then_some(()))
+        .await;
+    p.signal(libc::SIGTERM);
+    let mut goaway = None;
+    let mut body = Vec::new();
+    let mut status_200 = false;
+    loop {
+        let f = h2.next_frame().await.expect("connection closed before stream 1 ended");
+        match f.kind {
+            H2Frame::GOAWAY => goaway = Some(f.clone()),
+            H2Frame::RST_STREAM => panic!("stream {} reset: {:?}", f.stream, f.payload),
+            // HPACK: 0x88 is the static table's `:status: 200`.
+            H2Frame::HEADERS if f.stream == 1 => status_200 = f.payload.first() == Some(&0x88),
+            H2Frame::DATA if f.stream == 1 => body.extend_from_slice(&f.payload),
+            _ => {}
+        }
+        if f.stream == 1 && f.end_stream() {
+            break;
+        }
+    }
+    let goaway = goaway.expect("no GOAWAY before the stream in flight ended");
+    let last_stream = u32::from_be_bytes(goaway.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+    assert!(last_stream >= 1, "GOAWAY's last stream {last_stream} excludes the stream in flight");
+    assert_eq!(&goaway.payload[4..8], &[0, 0, 0, 0], "GOAWAY error code is not NO_ERROR");
+    assert!(status_200, "stream 1 did not get a 200");
+    let j: Value = serde_json::from_slice(&body).expect("echo body");
+    assert_eq!(j["path"], "/slow");
+    let status = p.wait_exit_async(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", p.stderr());
+}
+
+#[tokio::test]
+async fn drain_time_cuts_a_request_that_never_finishes_and_the_process_exits() {
+    let b = Backend::start("app");
+    let cfg = serde_json::to_string(&simple(&[b.addr])).unwrap();
+    let mut p = Proxy::start_file("bootstrap.json", &cfg, &["--drain-time-s", "1"]);
+    let addr = p.addr("http");
+    // Ten minutes at the backend, and a client that waits as long: only the drain deadline can
+    // end it.
+    let stuck = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\nX-Delay-Ms: 600000\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(600), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the stuck request was never cut");
+        String::from_utf8_lossy(&out).to_string()
+    });
+    outrigger_tests::eventually("request at the backend", outrigger_tests::WAIT, || (b.requests() == 1).then_some(()))
+        .await;
+    p.signal(libc::SIGTERM);
+    // Generous: the deadline is 1 s; without it the request would hold the process for 10 min.
+    let status = p.wait_exit_async(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", p.stderr());
+    let out = stuck.await.unwrap();
+    assert!(!out.starts_with("HTTP/"), "the stuck request got a response: {out}");
 }
 
 #[tokio::test]

@@ -95,3 +95,39 @@ async fn connect_is_forbidden_when_not_configured() {
     assert_eq!(raw_status(&out), Some(403), "{out}");
     assert_eq!(echo.connections(), 0);
 }
+
+#[tokio::test]
+async fn connect_without_connect_config_is_forwarded_to_an_upstream_proxy() {
+    // The upstream is itself an HTTP proxy: it must get the CONNECT request, answer it, then tunnel.
+    let upstream_proxy = TcpServer::start(TcpMode::HttpConnect);
+    let routes = json!([
+        {"match": {"connect_matcher": {}}, "route": {"cluster": "egress"}},
+        route("/", "egress"),
+    ]);
+    let mut cfg = bootstrap(
+        vec![http_listener("http", json!([vhost("all", &["*"], routes)]))],
+        vec![cluster("egress", &[upstream_proxy.addr])],
+    );
+    first_filter(&mut cfg, 0)["upgrade_configs"] = json!([{"upgrade_type": "CONNECT"}]);
+    let p = Proxy::start(&cfg);
+    let mut s = tokio::net::TcpStream::connect(p.addr("http")).await.unwrap();
+    s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b)).await.expect("head").unwrap();
+        assert!(n == 1, "closed during the CONNECT response: {:?}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    s.write_all(&payload).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut back)).await.expect("echo").unwrap();
+    assert!(back == payload, "tunnel corrupted the bytes ({} of {} came back)", back.len(), payload.len());
+    let got = String::from_utf8_lossy(&upstream_proxy.first_bytes()[0]).to_string();
+    assert!(got.starts_with("CONNECT db.internal:5432 HTTP/1.1\r\n"), "the upstream got {got:?}, not the CONNECT");
+    assert!(got.to_ascii_lowercase().contains("host: db.internal:5432\r\n"), "{got}");
+}

@@ -89,7 +89,14 @@ fn expire_fetches(app: &App, state: &mut State) {
     if let Err(e) = app.apply(state.inputs(), &Default::default()) {
         tracing::warn!(error = %format!("{e:#}"), "applying the config after an initial fetch timeout failed");
     }
-    if state.initialized() && app.listeners_warm(state.store.listeners.keys()) {
+    mark_if_initialized(app, state);
+}
+
+/// As Envoy: initialisation (and so `/ready`) waits for the wildcard types, every listener's
+/// routes and every EDS cluster's first assignment; each source's `initial_fetch_timeout` ends
+/// that wait (`expire_fetches` puts stand-ins in place).
+fn mark_if_initialized(app: &App, state: &State) {
+    if state.initialized() && app.listeners_warm(state.store.listeners.keys()) && state.clusters_warm() {
         app.mark_initialized();
     }
 }
@@ -138,9 +145,7 @@ async fn connect(
 fn record(app: &App, state: &State, type_url: &str, out: &Outcome, trim_at: &mut Option<tokio::time::Instant>) {
     metrics().xds_update(short(type_url), out.error.is_none());
     if out.error.is_none() {
-        if state.initialized() && app.listeners_warm(state.store.listeners.keys()) {
-            app.mark_initialized();
-        }
+        mark_if_initialized(app, state);
         crate::app::release_free_memory();
         *trim_at = Some(tokio::time::Instant::now() + TRIM_AGAIN_AFTER);
     }

@@ -446,6 +446,15 @@ impl State {
         out
     }
 
+    /// Whether every EDS cluster held has had its ClusterLoadAssignment (Envoy's cluster warming,
+    /// which holds initialisation until then or the initial fetch timeout).
+    pub fn clusters_warm(&self) -> bool {
+        self.store.clusters.values().all(|c| match &c.discovery {
+            config::DiscoveryType::Eds(service) => self.store.endpoints.contains_key(&**service),
+            _ => true,
+        })
+    }
+
     /// Initialised (ready) once every configured wildcard type has been accepted once.
     pub fn initialized(&self) -> bool {
         let ok = |t| self.types.get(t).is_some_and(|s| s.accepted) || self.fetch_timed_out.contains(t);

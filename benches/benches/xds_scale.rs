@@ -18,8 +18,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+use outrigger_api::type_url::{CLUSTER as CDS, ENDPOINT as EDS};
 
 struct Killed(Child);
 impl Drop for Killed {

@@ -20,10 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backend::{run, tokio_stream_shim, Runner};
 
-pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub use outrigger_api::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 /// A type's current version and its (name, resource) list.
 type Versioned = (u64, Vec<(String, Any)>);
@@ -44,10 +41,10 @@ pub struct AdsServer {
     _runner: Runner,
 }
 
-/// Proto3 JSON of `type_url` → `Any`, through the proxy's own descriptor pool.
+/// Proto3 JSON of `type_url` → `Any`, through the proxy's own descriptor subset.
 pub fn any(type_url: &str, json: &Value) -> Any {
-    let pool = outrigger_proxy::translate::descriptor_pool();
-    let desc = pool.get_message_by_name(type_url.rsplit('/').next().unwrap()).expect("known type");
+    let pool = outrigger_api::descriptor_pool();
+    let desc = pool.get_message_by_name(outrigger_api::type_name(type_url)).expect("known type");
     let msg = DynamicMessage::deserialize(desc, json.clone()).unwrap_or_else(|e| panic!("{type_url}: {e}: {json}"));
     Any { type_url: type_url.to_string(), value: prost::Message::encode_to_vec(&msg) }
 }

@@ -1,6 +1,7 @@
 //! `outrigger-xds validate DIR`: every error with file, document and field; exit 1 if any.
 use std::process::Command;
 
+use outrigger_tests::ads::{CLUSTER, ENDPOINT};
 use outrigger_tests::proxy::{temp_dir, xds_binary};
 use outrigger_tests::xds::ControlPlane;
 
@@ -38,7 +39,7 @@ fn validate_accepts_bookinfo_and_reports_every_error_with_file_document_and_fiel
 
 #[test]
 fn validate_checks_what_each_workload_proxy_receives_and_names_the_one_that_fails() {
-    // The broken route (an invalid regex) is hidden by Sidecars from every proxy without labels;
+    // The broken route (a redirect code that is not one) is hidden by Sidecars from every proxy without labels;
     // only the proxy of WorkloadEntry apps/canary-1, whose own Sidecar shows everything, gets it.
     let dir = temp_dir();
     std::fs::write(
@@ -82,7 +83,7 @@ kind: VirtualService
 metadata: { name: legacy, namespace: legacy }
 spec:
   hosts: [legacy]
-  http: [{ match: [{ uri: { regex: \"(unclosed\" } }], route: [{ destination: { host: legacy } }] }]
+  http: [{ match: [{ uri: { exact: /old } }], redirect: { uri: /new, redirectCode: 399 } }]
 ",
     )
     .unwrap();
@@ -90,7 +91,7 @@ spec:
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("the proxy of WorkloadEntry apps/canary-1 (labels app=canary)"), "{err}");
-    assert!(err.contains("invalid regex"), "{err}");
+    assert!(err.contains("redirectCode 399 is not a redirect code"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -132,7 +133,7 @@ async fn control_plane_records_nacks_and_acks_per_proxy() {
         id: "sidecar~10.0.0.10~productpage-v1.bookinfo~bookinfo.svc.cluster.local".into(),
         ..Default::default()
     };
-    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_string();
+    let cds = CLUSTER.to_string();
     tx.send(DiscoveryRequest { node: Some(node.clone()), type_url: cds.clone(), ..Default::default() }).unwrap();
     let mut stream = client
         .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
@@ -211,7 +212,7 @@ async fn a_burst_of_changes_is_pushed_once() {
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let node = Node { id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(), ..Default::default() };
-    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_string();
+    let cds = CLUSTER.to_string();
     tx.send(DiscoveryRequest { node: Some(node), type_url: cds.clone(), ..Default::default() }).unwrap();
     let mut stream = client
         .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
@@ -294,10 +295,7 @@ async fn an_endpoint_change_pushes_only_that_assignment_and_traffic_follows() {
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let node = Node { id: "sidecar~10.0.0.1~x.t~t.svc.cluster.local".into(), ..Default::default() };
-    let (cds, eds) = (
-        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-    );
+    let (cds, eds) = (CLUSTER, ENDPOINT);
     let names: Vec<String> =
         ["a", "b", "c"].iter().map(|n| format!("outbound|8080||{n}.t.svc.cluster.local")).collect();
     tx.send(DiscoveryRequest { node: Some(node), type_url: cds.into(), ..Default::default() }).unwrap();

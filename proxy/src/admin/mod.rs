@@ -159,7 +159,7 @@ fn config_dump(app: &App) -> serde_json::Value {
             })
             .collect()
     };
-    use crate::translate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    use outrigger_api::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
     let dyn_listeners: Vec<_> = of(LISTENER, "listener")
         .into_iter()
         .map(|mut l| {

@@ -169,7 +169,7 @@ mod tests {
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
     fn table(json: serde_json::Value) -> RouteTable {
-        let pool = crate::translate::descriptor_pool();
+        let pool = outrigger_api::descriptor_pool();
         let desc = pool.get_message_by_name("envoy.config.route.v3.RouteConfiguration").unwrap();
         let msg = prost_reflect::DynamicMessage::deserialize(desc, json).unwrap();
         let rc: RouteConfiguration = msg.transcode_to().unwrap();

@@ -5,12 +5,12 @@ mod listener;
 mod load;
 pub mod resource;
 mod route;
-mod strict;
 
 use std::path::Path;
 
 pub use cluster::translate_cluster;
-pub use load::{descriptor_pool, load_bootstrap_file, parse_bootstrap, parse_bootstrap_with};
+pub use load::{load_bootstrap_file, parse_bootstrap, parse_bootstrap_with};
+pub(crate) use outrigger_api::type_name;
 pub use route::translate_route_config;
 
 /// A configuration error: names the file, the resource and the field, and says what is wrong.
@@ -33,6 +33,13 @@ fn field_prefix(f: &str) -> String {
         String::new()
     } else {
         format!("field {f}: ")
+    }
+}
+
+/// The API layer's errors name the resource and field the same way; a file is added by the caller.
+impl From<outrigger_api::ApiError> for ConfigError {
+    fn from(e: outrigger_api::ApiError) -> Self {
+        ConfigError::Invalid { file: None, resource: e.resource, field: e.field, message: e.message }
     }
 }
 
@@ -87,10 +94,6 @@ pub(crate) fn decode_any<T: prost::Message + Default>(
     T::decode(any.value.as_slice()).map_err(|e| ctx.err(format!("cannot decode {}: {e}", any.type_url)))
 }
 
-pub(crate) fn type_name(url: &str) -> &str {
-    url.rsplit('/').next().unwrap_or(url)
-}
-
 pub(crate) fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<std::time::Duration> {
     d.as_ref().map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
@@ -124,20 +127,7 @@ impl std::fmt::Debug for SourceConfig {
 impl SourceConfig {
     /// The bootstrap in proto3 JSON (camelCase names, `@type` on Any), as Envoy dumps it.
     pub fn to_json(&self) -> serde_json::Value {
-        let pool = descriptor_pool();
-        let Some(desc) = pool.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap") else {
-            return serde_json::Value::Null;
-        };
-        let mut dynamic = prost_reflect::DynamicMessage::new(desc);
-        if dynamic.transcode_from(self.0.as_ref()).is_err() {
-            return serde_json::Value::Null;
-        }
-        let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true);
-        let mut ser = serde_json::Serializer::new(Vec::new());
-        if dynamic.serialize_with_options(&mut ser, &opts).is_err() {
-            return serde_json::Value::Null;
-        }
-        serde_json::from_slice(&ser.into_inner()).unwrap_or(serde_json::Value::Null)
+        outrigger_api::json::bootstrap_to_json(&outrigger_api::descriptor_pool(), &self.0)
     }
 }
 

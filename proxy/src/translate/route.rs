@@ -69,7 +69,7 @@ pub(crate) fn translate_route_config_encoded(bytes: &[u8]) -> Result<(String, Ro
         }
     }
     let head = RouteConfiguration::decode(rest.as_slice()).map_err(bad)?;
-    super::strict::check_encoded(ROUTE_TYPE, bytes)?;
+    outrigger_api::strict::check_encoded(ROUTE_TYPE, bytes)?;
     let ctx = Ctx::new(format!("route_config \"{}\"", head.name));
     let mut b = TableBuilder::new(&ctx, vhosts.len());
     for range in vhosts {

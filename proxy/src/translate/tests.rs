@@ -4,7 +4,7 @@ use super::*;
 
 fn pool() -> &'static prost_reflect::DescriptorPool {
     static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(descriptor_pool)
+    POOL.get_or_init(outrigger_api::descriptor_pool)
 }
 
 fn compile(yaml: &str) -> Result<crate::config::Bootstrap, ConfigError> {

@@ -16,7 +16,7 @@ use super::state::{type_key, Outcome, State, Update};
 use crate::app::App;
 use crate::config;
 use crate::telemetry::stats::metrics;
-use crate::translate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use outrigger_api::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);

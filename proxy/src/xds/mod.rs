@@ -46,7 +46,7 @@ pub struct XdsDump {
 
 impl XdsDump {
     pub fn to_json(&self) -> serde_json::Value {
-        let pool = crate::translate::descriptor_pool();
+        let pool = outrigger_api::descriptor_pool();
         let res = self.resources.lock().unwrap();
         let mut out = serde_json::Map::new();
         for (type_url, by_name) in res.iter() {
@@ -57,7 +57,7 @@ impl XdsDump {
                         "name": &**name,
                         "version_info": &*e.version,
                         "last_updated": &*e.updated,
-                        "resource": crate::translate::resource::to_json_encoded(&pool, type_url, &e.resource),
+                        "resource": outrigger_api::json::to_json_encoded(&pool, type_url, &e.resource),
                     })
                 })
                 .collect();

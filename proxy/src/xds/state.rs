@@ -9,7 +9,8 @@ use envoy_types::pb::google::protobuf::Any;
 
 use crate::config::{self, ClusterConfig, EndpointConfig, ListenerConfig, NetworkFilter, RouteSource, RouteTable};
 use crate::snapshot::Inputs;
-use crate::translate::resource::{self, Resource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::translate::resource::{self, Resource};
+use outrigger_api::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 /// Per type: the last accepted version, the last nonce seen, and the names subscribed to.
 #[derive(Default, Clone)]
@@ -406,8 +407,8 @@ mod tests {
     use prost::Message;
 
     fn any(type_url: &str, json: serde_json::Value) -> Any {
-        let pool = crate::translate::descriptor_pool();
-        let desc = pool.get_message_by_name(crate::translate::type_name(type_url)).unwrap();
+        let pool = outrigger_api::descriptor_pool();
+        let desc = pool.get_message_by_name(outrigger_api::type_name(type_url)).unwrap();
         let value = prost_reflect::DynamicMessage::deserialize(desc, json).unwrap().encode_to_vec();
         Any { type_url: type_url.to_string(), value }
     }

@@ -26,10 +26,7 @@ use crate::istio::Registry;
 
 pub use clusters::load_assignments;
 
-pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub use outrigger_api::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 pub const TYPES: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
 /// Who is asking: the proxy's namespace and labels select what it receives.
@@ -316,12 +313,12 @@ pub fn generate_with(reg: &Registry, proxy: &ProxyInfo, check: bool) -> Result<R
     if check {
         for (t, by_name) in &out {
             for (name, any) in by_name {
-                // The proxy's own translation is the acceptance test for every generated resource
-                // (API listeners are for proxyless gRPC clients, which the proxy is not).
+                // Every generated resource must decode and pass the proxy's strict field check (API
+                // listeners are for proxyless gRPC clients, which the proxy is not).
                 if *t == LISTENER && is_api_listener(name) {
                     continue;
                 }
-                outrigger_proxy::translate::resource::decode(t, any).map_err(|e| GenerateError {
+                outrigger_api::resource::decode(t, any).map_err(|e| GenerateError {
                     resource: name.clone(),
                     message: format!("generated an invalid resource: {e}"),
                 })?;

@@ -23,12 +23,10 @@ fn proxy(labels: &[(&str, &str)]) -> ProxyInfo {
 
 /// Generated resources back as JSON, by type and name.
 fn generated(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
-    let pool = outrigger_proxy::translate::descriptor_pool();
+    let pool = outrigger_api::descriptor_pool();
     let res = generate(reg, p).unwrap();
     res.into_iter()
-        .map(|(t, by)| {
-            (t, by.into_iter().map(|(n, a)| (n, outrigger_proxy::translate::resource::to_json(&pool, &a))).collect())
-        })
+        .map(|(t, by)| (t, by.into_iter().map(|(n, a)| (n, outrigger_api::json::to_json(&pool, &a))).collect()))
         .collect()
 }
 
@@ -239,13 +237,11 @@ fn load_text_dir(text: &str) -> Result<Registry, Vec<crate::istio::LoadError>> {
 /// As [`generated`], without the proxy's acceptance check: the shape of what is generated for
 /// fields the proxy may not take yet.
 fn generated_unchecked(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
-    let pool = outrigger_proxy::translate::descriptor_pool();
+    let pool = outrigger_api::descriptor_pool();
     generate_with(reg, p, false)
         .unwrap()
         .into_iter()
-        .map(|(t, by)| {
-            (t, by.into_iter().map(|(n, a)| (n, outrigger_proxy::translate::resource::to_json(&pool, &a))).collect())
-        })
+        .map(|(t, by)| (t, by.into_iter().map(|(n, a)| (n, outrigger_api::json::to_json(&pool, &a))).collect()))
         .collect()
 }
 

@@ -250,8 +250,7 @@ pub fn dump_for(control: &Control, proxy_id: &str) -> Option<serde_json::Value> 
     let res = generate(&control.registry(), &info).ok()?;
     let mut out = serde_json::Map::new();
     for (t, by_name) in res {
-        let list: Vec<_> =
-            by_name.values().map(|a| outrigger_proxy::translate::resource::to_json(&control.pool, a)).collect();
+        let list: Vec<_> = by_name.values().map(|a| outrigger_api::json::to_json(&control.pool, a)).collect();
         out.insert(t.to_string(), serde_json::Value::Array(list));
     }
     Some(serde_json::Value::Object(out))

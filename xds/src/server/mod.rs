@@ -82,7 +82,7 @@ impl Control {
             next_conn: AtomicU64::new(1),
             metrics,
             registry_metrics: Mutex::new(r),
-            pool: outrigger_proxy::translate::descriptor_pool(),
+            pool: outrigger_api::descriptor_pool(),
         })
     }
 

@@ -8,7 +8,7 @@ use super::*;
 
 fn pool() -> &'static DescriptorPool {
     static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(crate::translate::descriptor_pool)
+    POOL.get_or_init(crate::descriptor_pool)
 }
 
 #[test]
@@ -295,7 +295,7 @@ fn mutate(rng: &mut fastrand::Rng, msg: &mut DynamicMessage, depth: u32) {
             match msg.get_field_mut(f) {
                 Value::Message(m) if m.descriptor().full_name() == "google.protobuf.Any" => {
                     let url = m.get_field_by_name("type_url").and_then(|v| v.as_str().map(str::to_string));
-                    let inner_desc = url.and_then(|u| pool().get_message_by_name(crate::translate::type_name(&u)));
+                    let inner_desc = url.and_then(|u| pool().get_message_by_name(crate::type_name(&u)));
                     let bytes = m.get_field_by_name("value").and_then(|v| v.as_bytes().cloned());
                     if let (Some(d), Some(b)) = (inner_desc, bytes) {
                         if let Ok(mut inner) = DynamicMessage::decode(d, b) {

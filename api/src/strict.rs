@@ -4,7 +4,7 @@
 //! every message and every `Any` extension.
 use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, ReflectMessage, Value};
 
-use super::ConfigError;
+use crate::ApiError;
 
 /// Message type → the fields Outrigger honours. `"*"` accepts every field without looking inside
 /// (informational messages such as `Node` and `Metadata`).
@@ -214,14 +214,14 @@ fn supported(type_name: &str) -> Option<&'static [&'static str]> {
 /// Checks one xDS resource (Listener, Cluster, RouteConfiguration, ClusterLoadAssignment) in its
 /// dynamic form: the reference that [`check_encoded`] is tested against.
 #[cfg(test)]
-pub fn check_resource(pool: &DescriptorPool, msg: &DynamicMessage) -> Result<(), ConfigError> {
+pub fn check_resource(pool: &DescriptorPool, msg: &DynamicMessage) -> Result<(), ApiError> {
     let mut c = Checker { pool, resource: String::new() };
     c.resource_scoped(msg, "")
 }
 
 /// Checks a whole bootstrap. Errors name the top-level resource (`listener "x"`, `cluster "y"`)
 /// and the field path inside it.
-pub fn check(pool: &DescriptorPool, msg: &DynamicMessage) -> Result<(), ConfigError> {
+pub fn check(pool: &DescriptorPool, msg: &DynamicMessage) -> Result<(), ApiError> {
     let mut c = Checker { pool, resource: "bootstrap".to_string() };
     c.message(msg, "")
 }
@@ -240,7 +240,7 @@ fn join(path: &str, field: &str) -> String {
 }
 
 impl Checker<'_> {
-    fn message(&mut self, msg: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    fn message(&mut self, msg: &DynamicMessage, path: &str) -> Result<(), ApiError> {
         let desc = msg.descriptor();
         let name = desc.full_name();
         if name.starts_with("google.protobuf.") {
@@ -265,7 +265,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn value(&mut self, value: &Value, path: &str) -> Result<(), ConfigError> {
+    fn value(&mut self, value: &Value, path: &str) -> Result<(), ApiError> {
         match value {
             Value::Message(m) => self.resource_scoped(m, path),
             Value::List(items) => {
@@ -289,7 +289,7 @@ impl Checker<'_> {
     }
 
     /// Listeners and clusters are the resources users name; errors inside them say which one.
-    fn resource_scoped(&mut self, m: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    fn resource_scoped(&mut self, m: &DynamicMessage, path: &str) -> Result<(), ApiError> {
         let (kind, name_field) = match m.descriptor().full_name() {
             "envoy.config.listener.v3.Listener" => ("listener", "name"),
             "envoy.config.cluster.v3.Cluster" => ("cluster", "name"),
@@ -305,10 +305,10 @@ impl Checker<'_> {
         r
     }
 
-    fn any(&mut self, any: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    fn any(&mut self, any: &DynamicMessage, path: &str) -> Result<(), ApiError> {
         let url = any.get_field_by_name("type_url").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         let bytes = any.get_field_by_name("value").and_then(|v| v.as_bytes().cloned()).unwrap_or_default();
-        let tname = super::type_name(&url);
+        let tname = crate::type_name(&url);
         if supported(tname).is_none() {
             return Err(self.err(path, format!("unsupported extension {url}")));
         }
@@ -318,8 +318,8 @@ impl Checker<'_> {
         self.resource_scoped(&inner, path)
     }
 
-    fn err(&self, path: &str, message: String) -> ConfigError {
-        ConfigError::invalid(self.resource.clone(), path, message)
+    fn err(&self, path: &str, message: String) -> ApiError {
+        ApiError::invalid(self.resource.clone(), path, message)
     }
 }
 
@@ -667,9 +667,9 @@ fn map_key(kind: u8, b: &[u8], o: Option<&Occ>) -> MapKey {
 /// Checks one encoded xDS resource of the (full) message type `type_name`. The caller has
 /// decoded it with prost already, so the outer structure is well formed; `Any` payloads are
 /// checked for well-formedness here, as `DynamicMessage::decode` would.
-pub fn check_encoded(type_name: &str, bytes: &[u8]) -> Result<(), ConfigError> {
+pub fn check_encoded(type_name: &str, bytes: &[u8]) -> Result<(), ApiError> {
     let mi = message_index(type_name)
-        .ok_or_else(|| ConfigError::invalid("resource", "", format!("unknown type {type_name}")))?;
+        .ok_or_else(|| ApiError::invalid("resource", "", format!("unknown type {type_name}")))?;
     let mut w = Wire { resource: String::new(), path: String::new(), depth: 0, occs: Vec::new() };
     w.scoped(mi, bytes)
 }
@@ -683,8 +683,8 @@ struct Wire {
 }
 
 impl Wire {
-    fn err(&self, message: String) -> ConfigError {
-        ConfigError::invalid(self.resource.clone(), self.path.clone(), message)
+    fn err(&self, message: String) -> ApiError {
+        ApiError::invalid(self.resource.clone(), self.path.clone(), message)
     }
 
     fn push_field(&mut self, name: &str) -> usize {
@@ -696,7 +696,7 @@ impl Wire {
         saved
     }
 
-    fn scoped(&mut self, mi: usize, b: &[u8]) -> Result<(), ConfigError> {
+    fn scoped(&mut self, mi: usize, b: &[u8]) -> Result<(), ApiError> {
         let Some((kind, name_field)) = modes().scopes[mi] else { return self.message(mi, b) };
         let name = last_len_value(b, name_field).map_err(|e| self.err(format!("cannot decode: {e}")))?;
         let name = String::from_utf8_lossy(name);
@@ -713,7 +713,7 @@ impl Wire {
         r
     }
 
-    fn message(&mut self, mi: usize, b: &[u8]) -> Result<(), ConfigError> {
+    fn message(&mut self, mi: usize, b: &[u8]) -> Result<(), ApiError> {
         if self.depth >= RECURSION_LIMIT {
             return Err(self.err("cannot decode: recursion limit reached".into()));
         }
@@ -733,7 +733,7 @@ impl Wire {
         r
     }
 
-    fn checked(&mut self, mi: usize, allowed: &[bool], b: &[u8], base: usize) -> Result<(), ConfigError> {
+    fn checked(&mut self, mi: usize, allowed: &[bool], b: &[u8], base: usize) -> Result<(), ApiError> {
         scan(b, &mut self.occs, self.depth).map_err(|e| self.err(format!("cannot decode: {e}")))?;
         let fields = fields_of(mi);
         // Of a oneof's members, the last one on the wire is the one set (as decoding does).
@@ -777,7 +777,7 @@ impl Wire {
     }
 
     /// Checks the values of a set field (occurrences `i..j`); the path names the field.
-    fn values(&mut self, f: &Field, b: &[u8], i: usize, j: usize) -> Result<(), ConfigError> {
+    fn values(&mut self, f: &Field, b: &[u8], i: usize, j: usize) -> Result<(), ApiError> {
         match (f.label, f.kind) {
             (_, K_STRING) => {
                 for k in i..j {
@@ -839,12 +839,12 @@ impl Wire {
         Ok(())
     }
 
-    fn any(&mut self, b: &[u8]) -> Result<(), ConfigError> {
+    fn any(&mut self, b: &[u8]) -> Result<(), ApiError> {
         let decode = |e: String| format!("cannot decode google.protobuf.Any: {e}");
         let url = last_len_value(b, 1).map_err(|e| self.err(decode(e)))?;
         let url = std::str::from_utf8(url).map_err(|_| self.err(decode("type_url is not UTF-8".into())))?;
         let value = last_len_value(b, 2).map_err(|e| self.err(decode(e)))?;
-        let tname = super::type_name(url);
+        let tname = crate::type_name(url);
         if supported(tname).is_none() {
             return Err(self.err(format!("unsupported extension {url}")));
         }

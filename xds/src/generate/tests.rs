@@ -481,3 +481,16 @@ spec:
     );
     assert!(default_ok.is_ok(), "{default_ok:?}");
 }
+
+#[test]
+fn an_invalid_regex_is_a_load_error_naming_its_field() {
+    let errors = load_text_dir(&format!(
+        "{WEB}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  hosts: [web]\n  http:\n  - match: [{{ headers: {{ x-user: {{ regex: \"(unclosed\" }} }} }}]\n    route: [{{ destination: {{ host: web }} }}]\n"
+    ))
+    .unwrap_err();
+    let e = errors[0].to_string();
+    assert!(
+        e.contains("document 1 (VirtualService shop/web): spec.http[0].match[0].headers.x-user.regex: \"(unclosed\" is not a valid regex"),
+        "{e}"
+    );
+}

@@ -332,6 +332,33 @@ fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
             }
         }
         for (i, r) in vs.http.iter().enumerate() {
+            // The proxy compiles every regex; one it cannot is this document's error, not a NACK.
+            let mut regexes: Vec<(String, &str)> = Vec::new();
+            for (j, mt) in r.matches.iter().enumerate() {
+                let at = |field: &str| format!("spec.http[{i}].match[{j}].{field}");
+                let singles = [("uri", &mt.uri), ("method", &mt.method), ("authority", &mt.authority)];
+                for (field, m) in singles {
+                    if let Some(StringMatch::Regex(re)) = m {
+                        regexes.push((at(&format!("{field}.regex")), re));
+                    }
+                }
+                for (kind, map) in [("headers", &mt.headers), ("queryParams", &mt.query_params)] {
+                    for (name, m) in map {
+                        if let StringMatch::Regex(re) = m {
+                            regexes.push((at(&format!("{kind}.{name}.regex")), re));
+                        }
+                    }
+                }
+            }
+            if let Some(rr) = r.rewrite.as_ref().and_then(|rw| rw.uri_regex_rewrite.as_ref()) {
+                regexes.push((format!("spec.http[{i}].rewrite.uriRegexRewrite.match"), &rr.pattern));
+            }
+            for (field, re) in regexes {
+                if let Err(err) = regex::Regex::new(re) {
+                    let first = err.to_string().lines().last().unwrap_or_default().to_string();
+                    errors.push(e(format!("{field}: \"{re}\" is not a valid regex ({first})")));
+                }
+            }
             if r.rewrite.as_ref().is_some_and(|rw| rw.uri.is_some() && rw.uri_regex_rewrite.is_some()) {
                 errors.push(e(format!("spec.http[{i}].rewrite: uri and uriRegexRewrite cannot both be set")));
             }

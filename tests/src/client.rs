@@ -1,6 +1,6 @@
 //! Clients: hyper HTTP/1.1 and HTTP/2 (prior knowledge) on fresh connections, and raw bytes over
 //! a `TcpStream` for requests no well-behaved client would send.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Per-request bound: generous, as the machine may be loaded.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,8 +63,18 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    send_h1_from(None, addr, req).await
+}
+
+/// As [`send_h1`], from the source address `src` when given (one of several pods on a host).
+pub async fn send_h1_from<B>(src: Option<IpAddr>, addr: SocketAddr, req: Request<B>) -> Resp
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tokio::time::timeout(TIMEOUT, async move {
-        let s = TcpStream::connect(addr).await.expect("connect to proxy");
+        let s = connect_from(src, addr).await.expect("connect to proxy");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.expect("h1 handshake");
         tokio::spawn(conn);
         let resp = sender.send_request(req).await.expect("h1 request");
@@ -185,6 +195,31 @@ pub fn client_hello(sni: Option<&str>) -> Vec<u8> {
     rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
     rec.extend_from_slice(&hs);
     rec
+}
+
+/// A TCP connection to `addr`, from the source address `src` when given.
+pub async fn connect_from(src: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ip) = src else { return TcpStream::connect(addr).await };
+    let s = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    s.bind(SocketAddr::new(ip, 0))?;
+    s.connect(addr).await
+}
+
+/// As [`tcp_exchange`], from `src`, with the failure returned rather than a panic: a peer that
+/// closes or resets without answering (a black hole) is what some tests expect.
+pub async fn try_tcp_exchange_from(src: Option<IpAddr>, addr: SocketAddr, send: &[u8]) -> std::io::Result<Vec<u8>> {
+    let send = send.to_vec();
+    tokio::time::timeout(TIMEOUT, async move {
+        let mut s = connect_from(src, addr).await?;
+        // The peer may close before reading: what matters is what comes back.
+        let _ = s.write_all(&send).await;
+        let _ = s.shutdown().await;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok(out)
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP exchange timed out")))
 }
 
 /// Connects, writes `send`, shuts down writing, and reads everything until EOF (bounded).

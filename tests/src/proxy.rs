@@ -450,9 +450,14 @@ pub fn run_to_exit(file_name: &str, contents: &str, args: &[&str]) -> Output {
 
 /// A minimal blocking HTTP/1.1 request (admin API): returns status and body.
 pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request_to(addr, method, "admin", path)
+}
+
+/// As [`http_request`], with the given `Host`.
+pub fn http_request_to(addr: SocketAddr, method: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).to_string();

@@ -1,13 +1,13 @@
 //! The mesh end to end: outrigger-xds reads Istio YAML from a directory; sidecars (outrigger in
 //! sidecar mode) get their config from it; a client's traffic is captured by a real iptables
 //! REDIRECT in a network namespace and routed by original destination, as in a pod.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outrigger_tests::backend::TcpMode;
-use outrigger_tests::client::{get_h1, tcp_exchange};
+use outrigger_tests::client::{get, get_h1, send_h1_from, try_tcp_exchange_from};
 use outrigger_tests::netns::NetNs;
 use outrigger_tests::proxy::temp_dir;
 use outrigger_tests::xds::ControlPlane;
@@ -16,6 +16,56 @@ use serde_json::Value;
 
 /// The sidecar's uid (Istio's 1337): capture never redirects its own connections.
 const PROXY_UID: u32 = 1337;
+
+/// How long a configuration change may take to reach the traffic before a test fails: generous
+/// for a loaded machine. How long it takes is the xds_scale benchmark's figure, not a test's.
+const SHIFT_WAIT: Duration = Duration::from_secs(30);
+
+/// The pods' addresses: A (namespace bookinfo, ALLOW_ANY) and B (namespace other, REGISTRY_ONLY
+/// through its namespace's Sidecar).
+const POD_A: &str = "127.0.0.1";
+const POD_B: &str = "127.0.0.2";
+
+/// A TCP service with two subsets, and a tcp route splitting its port between them.
+const DB: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db, namespace: bookinfo }
+spec:
+  hosts: [db.bookinfo.svc.cluster.local]
+  addresses: [10.99.0.20]
+  ports: [{ number: 7100, name: tcp-db, protocol: TCP }]
+  resolution: STATIC
+  endpoints:
+  - { address: 127.0.0.21, labels: { version: v1 } }
+  - { address: 127.0.0.22, labels: { version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: db, namespace: bookinfo }
+spec:
+  host: db
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: db, namespace: bookinfo }
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{ port: 7100 }]
+    route:
+    - { destination: { host: db, subset: v1 }, weight: 50 }
+    - { destination: { host: db, subset: v2 }, weight: 50 }
+";
+
+/// Namespace `other` allows only what the registry knows.
+const REGISTRY_ONLY: &str = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: default, namespace: other }
+spec: { outboundTrafficPolicy: { mode: REGISTRY_ONLY } }
+";
 
 const SERVICE: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -113,103 +163,109 @@ fn syncz(ns: &NetNs) -> Value {
     })
 }
 
+/// A network namespace as a host of two pods with sidecars (A and B) and the control plane.
+/// Capture: TCP to the service range goes to the sidecar of the pod it comes from (REDIRECT to
+/// A's outbound port, or DNAT to B's for B's source address), except the sidecars' own traffic
+/// (their uid), so passthrough reaches the real destination.
+struct Mesh {
+    ns: NetNs,
+    dir: std::path::PathBuf,
+    cp: Option<ControlPlane>,
+    a: Arc<Proxy>,
+    b: Arc<Proxy>,
+}
+
+impl Mesh {
+    /// Starts it on `files` (name, YAML) and waits until both sidecars ACKed every type.
+    fn start(files: &[(&str, &str)]) -> Mesh {
+        let ns = NetNs::new("mesh");
+        ns.exec(&["ip", "route", "add", "local", "10.99.0.0/24", "dev", "lo"]);
+        let uid = PROXY_UID.to_string();
+        let capture = |from: &[&str], to: &[&str]| {
+            let mut args = vec!["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp"];
+            args.extend_from_slice(from);
+            args.extend_from_slice(&["-d", "10.99.0.0/24", "-m", "owner", "!", "--uid-owner", &uid]);
+            args.extend_from_slice(to);
+            ns.exec(&args);
+        };
+        let b_outbound = format!("{POD_B}:15001");
+        capture(&["-s", POD_B], &["-j", "DNAT", "--to-destination", &b_outbound]);
+        capture(&[], &["-j", "REDIRECT", "--to-ports", "15001"]);
+        let dir = temp_dir();
+        for (name, text) in files {
+            write_atomic(&dir.join(name), text);
+        }
+        let cp = Some(start_control_plane(&ns, &dir));
+        // The sidecar that carries most traffic speaks incremental xDS; the other state of the world.
+        let a = sidecar(&ns, "productpage-v1", "bookinfo", POD_A, "app=productpage", true);
+        let b = sidecar(&ns, "ratings-v1", "other", POD_B, "app=ratings", false);
+        // An ACK follows the apply, so poll.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = syncz(&ns);
+            let proxies = s["proxies"].as_array().cloned().unwrap_or_default();
+            let all_acked = proxies.len() == 2
+                && proxies.iter().all(|p| {
+                    p["acked"].as_object().is_some_and(|a| a.len() == 4)
+                        && p["nacked"].as_object().is_some_and(|n| n.is_empty())
+                });
+            if all_acked {
+                assert!(proxies
+                    .iter()
+                    .any(|p| p["id"] == "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "sidecars did not ACK everything: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mesh { ns, dir, cp, a, b }
+    }
+
+    /// Runs `f` on a current-thread runtime inside the namespace.
+    fn block_on<T: Send + 'static, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        self.ns.enter(move || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f()))
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        drop(self.cp.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn control_plane_configures_sidecars_and_routes_captured_traffic() {
-    let ns = NetNs::new("mesh");
-    // Capture: connections to service VIPs go to the sidecar's outbound port, as outrigger-init
-    // will set it up (only the VIP range here, so the proxy's own upstream traffic passes).
-    ns.exec(&["ip", "route", "add", "local", "10.99.0.0/24", "dev", "lo"]);
-    // Capture as outrigger-init will: TCP to the service range goes to the sidecar's outbound port,
-    // except the sidecar's own traffic (its uid), so passthrough reaches the real destination.
-    let uid = PROXY_UID.to_string();
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        "10.99.0.0/24",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        &uid,
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ]);
-    let (_v1, _v2) = ns.enter(|| {
+    let mut mesh = Mesh::start(&[("reviews.yaml", SERVICE), ("vs.yaml", &virtual_service(100, 0))]);
+    let (ns, dir) = (&mesh.ns, mesh.dir.clone());
+    let _backends = ns.enter(|| {
         (
             Backend::start_on("v1", "127.0.0.11:9080".parse().unwrap()),
             Backend::start_on("v2", "127.0.0.12:9080".parse().unwrap()),
         )
     });
-    let dir = temp_dir();
-    std::fs::write(dir.join("reviews.yaml"), SERVICE).unwrap();
-    let vs = dir.join("vs.yaml");
-    write_atomic(&vs, &virtual_service(100, 0));
-    let mut cp = start_control_plane(&ns, &dir);
-    // The sidecar that carries the traffic speaks incremental xDS; the other state of the world.
-    let _a = sidecar(&ns, "productpage-v1", "bookinfo", "127.0.0.1", "app=productpage", true);
-    let _b = sidecar(&ns, "ratings-v1", "other", "127.0.0.2", "app=ratings", false);
+    assert!(requests(ns, 10).iter().all(|b| b.as_deref() == Some("v1")));
 
-    assert!(requests(&ns, 10).iter().all(|b| b.as_deref() == Some("v1")));
-    // A destination no service matches passes through to where it was going (ALLOW_ANY).
-    let echo = ns.enter(|| TcpServer::start_on(TcpMode::Echo, "10.99.0.99:7000".parse().unwrap()));
-    let echoed = ns.enter(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(tcp_exchange("10.99.0.99:7000".parse().unwrap(), b"passthrough"))
-    });
-    assert_eq!(echoed, b"passthrough");
-    assert_eq!(echo.connections(), 1);
-    // ...through the sidecar, not around it.
-    let a = _a.clone();
-    let passed = ns.enter(move || a.metric("envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"PassthroughCluster\"}"));
-    assert_eq!(passed, 1.0);
-    // Both sidecars connected and ACKed every type (an ACK follows the apply, so poll briefly).
-    let deadline = Instant::now() + WAIT;
+    // Shift the weight by editing the file: traffic follows, and nothing fails meanwhile.
+    write_atomic(&dir.join("vs.yaml"), &virtual_service(0, 100));
+    let deadline = Instant::now() + SHIFT_WAIT;
     loop {
-        let s = syncz(&ns);
-        let proxies = s["proxies"].as_array().cloned().unwrap_or_default();
-        let all_acked = proxies.len() == 2
-            && proxies.iter().all(|p| {
-                p["acked"].as_object().is_some_and(|a| a.len() == 4)
-                    && p["nacked"].as_object().is_some_and(|n| n.is_empty())
-            });
-        if all_acked {
-            assert!(proxies
-                .iter()
-                .any(|p| p["id"] == "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local"));
-            break;
-        }
-        assert!(Instant::now() < deadline, "sidecars did not ACK everything: {s}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    // Shift the weight by editing the file: traffic follows within a second, nothing fails.
-    write_atomic(&vs, &virtual_service(0, 100));
-    let written = Instant::now();
-    let mut shifted = None;
-    while written.elapsed() < Duration::from_secs(10) {
-        let got = requests(&ns, 5);
+        let got = requests(ns, 5);
         assert!(got.iter().all(Option::is_some), "a request failed during the shift: {got:?}");
         if got.iter().all(|b| b.as_deref() == Some("v2")) {
-            shifted = Some(written.elapsed());
             break;
         }
+        assert!(Instant::now() < deadline, "traffic did not shift to v2 within {SHIFT_WAIT:?}: {got:?}");
     }
-    let shifted = shifted.expect("traffic never shifted to v2");
-    assert!(shifted < Duration::from_secs(1), "shift took {shifted:?}");
 
     // A broken document is reported and the last good config keeps serving.
     write_atomic(&dir.join("broken.yaml"), "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: x }\nspec: { hosts: [x], tcpp: [] }\n");
     let deadline = Instant::now() + WAIT;
     loop {
-        let s = syncz(&ns);
+        let s = syncz(ns);
         if s["config_errors"].as_array().is_some_and(|e| {
             e.iter().any(|e| e.as_str().is_some_and(|e| e.contains("broken.yaml") && e.contains("tcpp")))
         }) {
@@ -218,18 +274,88 @@ fn control_plane_configures_sidecars_and_routes_captured_traffic() {
         assert!(Instant::now() < deadline, "broken document not reported: {s}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(requests(&ns, 5).iter().all(|b| b.as_deref() == Some("v2")));
+    assert!(requests(ns, 5).iter().all(|b| b.as_deref() == Some("v2")));
 
     // The control plane goes away and comes back: no request fails meanwhile.
-    drop(cp);
-    assert!(requests(&ns, 10).iter().all(|b| b.as_deref() == Some("v2")));
+    drop(mesh.cp.take());
+    assert!(requests(&mesh.ns, 10).iter().all(|b| b.as_deref() == Some("v2")));
     std::fs::remove_file(dir.join("broken.yaml")).unwrap();
-    cp = start_control_plane(&ns, &dir);
+    mesh.cp = Some(start_control_plane(&mesh.ns, &dir));
     let deadline = Instant::now() + WAIT;
-    while syncz(&ns)["proxies"].as_array().map(|p| p.len()).unwrap_or(0) < 2 {
-        assert!(requests(&ns, 2).iter().all(|b| b.as_deref() == Some("v2")));
+    while syncz(&mesh.ns)["proxies"].as_array().map(|p| p.len()).unwrap_or(0) < 2 {
+        assert!(requests(&mesh.ns, 2).iter().all(|b| b.as_deref() == Some("v2")));
         assert!(Instant::now() < deadline, "sidecars did not reconnect");
     }
-    drop(cp);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tcp_route_spreads_captured_connections_over_weighted_subsets() {
+    let mesh = Mesh::start(&[("reviews.yaml", SERVICE), ("db.yaml", DB)]);
+    let (v1, v2) = mesh.ns.enter(|| {
+        (
+            TcpServer::start_on(TcpMode::Echo, "127.0.0.21:7100".parse().unwrap()),
+            TcpServer::start_on(TcpMode::Echo, "127.0.0.22:7100".parse().unwrap()),
+        )
+    });
+    let n = 40;
+    let echoed = mesh.block_on(move || async move {
+        let mut ok = 0;
+        for i in 0..n {
+            let msg = format!("conn {i}");
+            let back = try_tcp_exchange_from(None, "10.99.0.20:7100".parse().unwrap(), msg.as_bytes()).await;
+            ok += usize::from(back.is_ok_and(|b| b == msg.as_bytes()));
+        }
+        ok
+    });
+    assert_eq!(echoed, n, "every connection reaches a subset and is echoed");
+    assert_eq!(v1.connections() + v2.connections(), n);
+    // 50/50: each subset gets some of 40 connections (all on one side: odds of 2 in 2^40).
+    assert!(v1.connections() > 0 && v2.connections() > 0, "v1 {} v2 {}", v1.connections(), v2.connections());
+    // Through the sidecar's weighted tcp_proxy, not the service's own cluster.
+    let a = mesh.a.clone();
+    let routed = mesh.ns.enter(move || a.metric("envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"db.bookinfo\"}"));
+    assert_eq!(routed, n as f64);
+}
+
+#[test]
+fn registry_only_black_holes_unknown_destinations_and_allow_any_passes_them_through() {
+    let mesh = Mesh::start(&[("reviews.yaml", SERVICE), ("other.yaml", REGISTRY_ONLY)]);
+    // Destinations no service declares: a TCP port no service has, and an HTTP port one has
+    // (9080) but with a Host none has.
+    let (echo, outside) = mesh.ns.enter(|| {
+        (
+            TcpServer::start_on(TcpMode::Echo, "10.99.0.99:7000".parse().unwrap()),
+            Backend::start_on("outside", "10.99.0.98:9080".parse().unwrap()),
+        )
+    });
+    let from = |pod: &str| Some(pod.parse::<IpAddr>().unwrap());
+    let (a, b) = (from(POD_A), from(POD_B));
+    let (tcp_a, tcp_b, http_a, http_b) = mesh.block_on(move || async move {
+        let tcp = "10.99.0.99:7000".parse().unwrap();
+        let http: SocketAddr = "10.99.0.98:9080".parse().unwrap();
+        (
+            try_tcp_exchange_from(a, tcp, b"passthrough").await.ok(),
+            try_tcp_exchange_from(b, tcp, b"blocked").await.ok(),
+            send_h1_from(a, http, get("unknown.example", "/", &[])).await,
+            send_h1_from(b, http, get("unknown.example", "/", &[])).await,
+        )
+    });
+    // ALLOW_ANY (pod A): to where it was going, through the sidecar's passthrough.
+    assert_eq!(tcp_a.as_deref(), Some(&b"passthrough"[..]));
+    assert_eq!(http_a.status, 200);
+    assert_eq!(http_a.json()["backend"], "outside");
+    let pa = mesh.a.clone();
+    let passed =
+        mesh.ns.enter(move || pa.metric("envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"PassthroughCluster\"}"));
+    assert_eq!(passed, 1.0);
+    // REGISTRY_ONLY (pod B): the connection is closed without a byte, the request gets 502, and
+    // neither reaches the destination.
+    assert!(tcp_b.as_ref().is_none_or(|b| b.is_empty()), "{tcp_b:?}");
+    assert_eq!(http_b.status, 502);
+    assert_eq!(echo.connections(), 1, "only pod A's connection reached the destination");
+    assert_eq!(outside.requests(), 1, "only pod A's request reached the destination");
+    let pb = mesh.b.clone();
+    let holed =
+        mesh.ns.enter(move || pb.metric("envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"BlackHoleCluster\"}"));
+    assert_eq!(holed, 1.0);
 }

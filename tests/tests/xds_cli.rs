@@ -38,6 +38,64 @@ fn validate_accepts_bookinfo_and_reports_every_error_with_file_document_and_fiel
 }
 
 #[test]
+fn validate_checks_what_each_workload_proxy_receives_and_names_the_one_that_fails() {
+    // The broken route (a redirect code that is not one) is hidden by Sidecars from every proxy without labels;
+    // only the proxy of WorkloadEntry apps/canary-1, whose own Sidecar shows everything, gets it.
+    let dir = temp_dir();
+    std::fs::write(
+        dir.join("sidecars.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: default, namespace: default }
+spec: { egress: [{ hosts: [\"./*\"] }] }
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: default, namespace: apps }
+spec: { egress: [{ hosts: [\"./*\"] }] }
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: canary, namespace: apps }
+spec: { workloadSelector: { labels: { app: canary } }, egress: [{ hosts: [\"*/*\"] }] }
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: default, namespace: legacy }
+spec: { egress: [{ hosts: [\"apps/*\"] }] }
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("workloads.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: canary-1, namespace: apps }
+spec: { address: 10.5.0.1, labels: { app: canary } }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: legacy, namespace: legacy }
+spec: { hosts: [legacy.legacy.svc.cluster.local], ports: [{ number: 80, name: http }], resolution: STATIC, endpoints: [{ address: 10.6.0.1 }] }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: legacy, namespace: legacy }
+spec:
+  hosts: [legacy]
+  http: [{ match: [{ uri: { exact: /old } }], redirect: { uri: /new, redirectCode: 399 } }]
+",
+    )
+    .unwrap();
+    let out = Command::new(xds_binary()).arg("validate").arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the proxy of WorkloadEntry apps/canary-1 (labels app=canary)"), "{err}");
+    assert!(err.contains("redirectCode 399 is not a redirect code"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn serve_refuses_a_directory_with_errors_at_start() {
     let dir = temp_dir();
     std::fs::write(dir.join("x.yaml"), "apiVersion: v1\nkind: Service\nmetadata: { name: s }\nspec: {}\n").unwrap();

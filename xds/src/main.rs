@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use outrigger_xds::generate::{generate, ProxyInfo};
+use outrigger_xds::generate::check_all;
 use outrigger_xds::istio::{load_dir, DirLoader};
 use outrigger_xds::server::{ads::Ads, monitor, watch, Control};
 
@@ -74,19 +74,15 @@ fn main() -> ExitCode {
 fn validate(dir: &std::path::Path) -> ExitCode {
     match load_dir(dir) {
         Ok(reg) => {
-            // Both kinds of client: a sidecar, and a proxyless gRPC client (API listeners).
-            let sidecar = ProxyInfo { namespace: "default".into(), ..Default::default() };
-            let grpc = ProxyInfo { proxyless: true, ..sidecar.clone() };
-            match generate(&reg, &sidecar).and_then(|_| generate(&reg, &grpc)) {
-                Ok(_) => {
-                    println!("{}: OK", dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", dir.display());
-                    ExitCode::from(1)
-                }
+            let errors = check_all(&reg);
+            if errors.is_empty() {
+                println!("{}: OK", dir.display());
+                return ExitCode::SUCCESS;
             }
+            for e in errors {
+                eprintln!("{}: {e}", dir.display());
+            }
+            ExitCode::from(1)
         }
         Err(errors) => {
             for e in errors {

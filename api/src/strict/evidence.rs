@@ -55,7 +55,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.bootstrap.v3.Bootstrap.node", XDS_ALL),
     ("envoy.config.bootstrap.v3.Bootstrap.static_resources", JSON_BOOTSTRAP),
     ("envoy.config.bootstrap.v3.Bootstrap.dynamic_resources", XDS_ALL),
-    ("envoy.config.bootstrap.v3.Bootstrap.admin", Effect("tests/tests/admin.rs", "ready_is_200_once_listeners_are_up")),
+    ("envoy.config.bootstrap.v3.Bootstrap.admin", Effect("tests/tests/admin.rs", "config_dump_shows_the_loaded_listener_and_cluster")),
     ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources.lds_config", XDS_ALL),
     ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources.cds_config", XDS_ALL),
     ("envoy.config.bootstrap.v3.Bootstrap.DynamicResources.ads_config", XDS_ALL),
@@ -86,7 +86,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ),
     ("envoy.config.bootstrap.v3.Bootstrap.StaticResources.listeners", JSON_BOOTSTRAP),
     ("envoy.config.bootstrap.v3.Bootstrap.StaticResources.clusters", JSON_BOOTSTRAP),
-    ("envoy.config.bootstrap.v3.Admin.address", Effect("tests/tests/admin.rs", "ready_is_200_once_listeners_are_up")),
+    ("envoy.config.bootstrap.v3.Admin.address", Effect("tests/tests/admin.rs", "admin_on_a_non_loopback_address_is_refused")),
     (
         "envoy.config.core.v3.Node.*",
         Informational("sent to the control plane as given (id, cluster, metadata); the proxy acts on none of it"),
@@ -104,7 +104,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.core.v3.DataSource.filename", Effect(FIELDS, "direct_response_body_comes_from_inline_bytes_or_a_file")),
     (
         "envoy.config.core.v3.HttpProtocolOptions.idle_timeout",
-        Effect(PROTOCOLS, "idle_downstream_connection_is_closed_after_idle_timeout"),
+        Effect(PROTOCOLS, "idle_timeout_closes_an_idle_connection_but_not_one_with_a_request_in_flight"),
     ),
     ("envoy.config.core.v3.HttpProtocolOptions.max_headers_count", Effect(FIELDS, "max_headers_count_limits_the_request_headers")),
     ("envoy.config.core.v3.Http2ProtocolOptions.max_concurrent_streams", H2_DOWNSTREAM),
@@ -236,7 +236,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.common_http_protocol_options",
-        Effect(PROTOCOLS, "idle_downstream_connection_is_closed_after_idle_timeout"),
+        Effect(PROTOCOLS, "idle_timeout_closes_an_idle_connection_but_not_one_with_a_request_in_flight"),
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.http_protocol_options",
@@ -367,7 +367,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.cluster.v3.Cluster.connect_timeout", Effect(FIELDS, "connect_timeout_bounds_the_upstream_connect")),
     (
         "envoy.config.cluster.v3.Cluster.lb_policy",
-        Effect(CLUSTERS, "least_request_prefers_the_backend_with_fewer_requests_in_flight"),
+        Effect(CLUSTERS, "least_request_sends_less_to_the_endpoint_with_requests_in_flight"),
     ),
     ("envoy.config.cluster.v3.Cluster.load_assignment", ROUND_ROBIN),
     ("envoy.config.cluster.v3.Cluster.eds_cluster_config", XDS_ALL),

@@ -42,11 +42,49 @@ fn endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint {
     }
 }
 
-fn lb_endpoints(eps: &[&WorkloadEntry], port_name: &str, port: u16) -> Vec<LbEndpoint> {
-    eps.iter()
-        .map(|we| {
-            let p = we.ports.get(port_name).copied().unwrap_or(port);
-            endpoint(&we.address, p.into(), Some(we.weight.unwrap_or(1).max(1)))
+fn lb_endpoint(we: &WorkloadEntry, port_name: &str, port: u16) -> LbEndpoint {
+    let p = we.ports.get(port_name).copied().unwrap_or(port);
+    endpoint(&we.address, p.into(), Some(we.weight.unwrap_or(1).max(1)))
+}
+
+/// Istio's `region/zone/subzone`.
+fn locality(label: &str) -> Locality {
+    let mut parts = label.splitn(3, '/').map(str::to_string);
+    Locality {
+        region: parts.next().unwrap_or_default(),
+        zone: parts.next().unwrap_or_default(),
+        sub_zone: parts.next().unwrap_or_default(),
+    }
+}
+
+/// The endpoints grouped by locality as istiod groups them: one group per locality label,
+/// sorted by it, weighted by the sum of its endpoints' weights. No endpoints is one empty group
+/// of weight 1 (proxyless gRPC requires a locality and its weight).
+fn locality_groups(eps: &[&WorkloadEntry], port_name: &str, port: u16) -> Vec<LocalityLbEndpoints> {
+    if eps.is_empty() {
+        return vec![LocalityLbEndpoints {
+            locality: Some(Locality::default()),
+            load_balancing_weight: u32_value(1),
+            ..Default::default()
+        }];
+    }
+    let mut groups: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for we in eps {
+        groups.entry(we.locality.as_deref().unwrap_or("")).or_default().push(lb_endpoint(we, port_name, port));
+    }
+    groups
+        .into_iter()
+        .map(|(label, lb_endpoints)| {
+            let weight = lb_endpoints
+                .iter()
+                .map(|e| e.load_balancing_weight.as_ref().map_or(1, |w| w.value))
+                .fold(0u32, u32::saturating_add);
+            LocalityLbEndpoints {
+                locality: Some(locality(label)),
+                lb_endpoints,
+                load_balancing_weight: u32_value(weight),
+                ..Default::default()
+            }
         })
         .collect()
 }
@@ -66,17 +104,11 @@ impl HostCluster<'_> {
         self.port.target_port.unwrap_or(self.port.number)
     }
 
-    /// The EDS ClusterLoadAssignment. A locality (even empty) and its weight: proxyless gRPC
-    /// requires both.
+    /// The EDS ClusterLoadAssignment.
     fn load_assignment(&self) -> ClusterLoadAssignment {
         ClusterLoadAssignment {
             cluster_name: self.name.clone(),
-            endpoints: vec![LocalityLbEndpoints {
-                locality: Some(Locality::default()),
-                lb_endpoints: lb_endpoints(&self.selected, &self.port.name, self.target_port()),
-                load_balancing_weight: u32_value(1),
-                ..Default::default()
-            }],
+            endpoints: locality_groups(&self.selected, &self.port.name, self.target_port()),
             ..Default::default()
         }
     }
@@ -170,17 +202,17 @@ pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, 
                 }
                 if is_dns(se) {
                     // DNS: the proxy resolves; without endpoints, the host itself.
-                    let targets = if hc.selected.is_empty() && hc.subset.is_empty() {
-                        vec![endpoint(host, hc.target_port().into(), None)]
+                    let endpoints = if hc.selected.is_empty() && hc.subset.is_empty() {
+                        vec![LocalityLbEndpoints {
+                            lb_endpoints: vec![endpoint(host, hc.target_port().into(), None)],
+                            ..Default::default()
+                        }]
                     } else {
-                        lb_endpoints(&hc.selected, &port.name, hc.target_port())
+                        locality_groups(&hc.selected, &port.name, hc.target_port())
                     };
                     c.cluster_discovery_type = discovery(DiscoveryType::StrictDns);
-                    c.load_assignment = Some(ClusterLoadAssignment {
-                        cluster_name: hc.name.clone(),
-                        endpoints: vec![LocalityLbEndpoints { lb_endpoints: targets, ..Default::default() }],
-                        ..Default::default()
-                    });
+                    c.load_assignment =
+                        Some(ClusterLoadAssignment { cluster_name: hc.name.clone(), endpoints, ..Default::default() });
                 } else {
                     c.cluster_discovery_type = discovery(DiscoveryType::Eds);
                     c.eds_cluster_config = Some(EdsClusterConfig { eds_config: ads(), service_name: hc.name.clone() });

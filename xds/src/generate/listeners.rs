@@ -17,8 +17,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::google::protobuf::Any;
 
-use super::{ads, bool_value, cluster_name, pb_duration, socket, to_any, u32_value, Index, LISTENER};
-use crate::istio::model::OutboundMode;
+use super::{ads, bool_value, cluster_name, pb_duration, socket, to_any, u32_value, Index, ProxyInfo, LISTENER};
+use crate::istio::model::{OutboundMode, RouteDestination, TcpMatch};
 
 const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -45,13 +45,52 @@ fn rds(route_config_name: String) -> Option<RouteSpecifier> {
     Some(RouteSpecifier::Rds(Rds { config_source: ads(), route_config_name }))
 }
 
-fn tcp_chain(stat_prefix: &str, cluster: &str) -> Filter {
-    let tcp = TcpProxy {
-        stat_prefix: stat_prefix.to_string(),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
-        ..Default::default()
-    };
+fn tcp_proxy_filter(stat_prefix: String, cluster_specifier: tcp_proxy::ClusterSpecifier) -> Filter {
+    let tcp = TcpProxy { stat_prefix, cluster_specifier: Some(cluster_specifier), ..Default::default() };
     network_filter("envoy.filters.network.tcp_proxy", to_any(TCP, &tcp))
+}
+
+fn tcp_chain(stat_prefix: &str, cluster: &str) -> Filter {
+    tcp_proxy_filter(stat_prefix.to_string(), tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string()))
+}
+
+/// istiod's `matchTCP`: every predicate is known statically for the proxy being generated for.
+fn tcp_match(m: &TcpMatch, proxy: &ProxyInfo, vs_gateways: &[String], port: u16) -> bool {
+    let gateways: &[String] = if m.gateways.is_empty() { vs_gateways } else { &m.gateways };
+    (gateways.is_empty() || gateways.iter().any(|g| g == "mesh"))
+        && m.source_labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v))
+        && m.port.is_none_or(|p| p == port)
+        && m.source_namespace.as_ref().is_none_or(|ns| *ns == proxy.namespace)
+}
+
+/// The outbound tcp_proxy for `host:port`: the first `tcp` rule of its VirtualServices that
+/// applies to this proxy and port (a rule without `match` always does), as istiod picks it; the
+/// service's own cluster when there is none.
+fn tcp_outbound(idx: &Index<'_>, host: &str, port: u16) -> Filter {
+    for (vm, vs) in idx.virtual_services(host).iter().copied() {
+        let rule = vs.tcp.iter().find(|r| {
+            !r.route.is_empty()
+                && (r.matches.is_empty() || r.matches.iter().any(|m| tcp_match(m, idx.proxy, &vs.gateways, port)))
+        });
+        let Some(rule) = rule else { continue };
+        let cluster = |d: &RouteDestination| idx.destination_cluster(&d.destination, &vm.namespace, port);
+        if let [only] = rule.route.as_slice() {
+            let name = cluster(only);
+            return tcp_proxy_filter(name.clone(), tcp_proxy::ClusterSpecifier::Cluster(name));
+        }
+        let clusters = (rule.route.iter().filter(|d| d.weight.unwrap_or(0) > 0))
+            .map(|d| tcp_proxy::weighted_cluster::ClusterWeight {
+                name: cluster(d),
+                weight: d.weight.unwrap_or(0),
+                ..Default::default()
+            })
+            .collect();
+        return tcp_proxy_filter(
+            format!("{}.{}", vm.name, vm.namespace),
+            tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster { clusters }),
+        );
+    }
+    tcp_chain(&format!("outbound|{port}||{host}"), &cluster_name(port, "", host))
 }
 
 fn port_chain(port: u16, filter: Filter) -> FilterChain {
@@ -80,7 +119,7 @@ pub fn listeners(idx: &Index<'_>, mode: OutboundMode) -> BTreeMap<String, Any> {
                             ..Default::default()
                         })
                     } else {
-                        tcp_chain(&format!("outbound|{}||{host}", port.number), &cluster_name(port.number, "", host))
+                        tcp_outbound(idx, host, port.number)
                     };
                     port_chain(port.number, filter)
                 });

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 
 use crate::istio::model::{
-    DestinationRule, Metadata, OutboundMode, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+    Destination, DestinationRule, Metadata, OutboundMode, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use crate::istio::Registry;
 
@@ -146,8 +146,8 @@ fn destination_rule_scan<'a>(reg: &'a Registry, host: &str) -> Option<&'a Destin
 pub(crate) struct Index<'a> {
     pub reg: &'a Registry,
     pub proxy: &'a ProxyInfo,
-    /// The Sidecar that applies to the proxy: the first in its namespace whose selector (if
-    /// any) matches its labels.
+    /// The Sidecar that applies to the proxy: the first in its namespace whose selector matches
+    /// its labels, else the first there without a selector.
     sidecar: Option<&'a Sidecar>,
     /// DestinationRules by fully qualified host; the first one for a host wins.
     drs: HashMap<String, &'a DestinationRule>,
@@ -158,16 +158,18 @@ pub(crate) struct Index<'a> {
     we_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
     /// The ServiceEntries (positions) of which the proxy runs a workload, in its namespace.
     owned: Vec<usize>,
+    /// ServiceEntries by host; the first one for a host wins (a second is a load error).
+    services: HashMap<&'a str, &'a ServiceEntry>,
 }
 
 impl<'a> Index<'a> {
     pub fn new(reg: &'a Registry, proxy: &'a ProxyInfo) -> Self {
-        let sidecar = reg
-            .sidecars
-            .iter()
-            .filter(|(m, _)| m.namespace == proxy.namespace)
-            .find(|(_, s)| s.workload_selector.as_ref().is_none_or(|sel| selects(&sel.labels, &proxy.labels)))
-            .map(|(_, s)| s);
+        // As istiod: a Sidecar whose selector matches the proxy wins over the namespace's
+        // default (the one without a selector).
+        let in_ns = || reg.sidecars.iter().filter(|(m, _)| m.namespace == proxy.namespace).map(|(_, s)| s);
+        let sidecar = in_ns()
+            .find(|s| s.workload_selector.as_ref().is_some_and(|sel| selects(&sel.labels, &proxy.labels)))
+            .or_else(|| in_ns().find(|s| s.workload_selector.is_none()));
         let mut drs = HashMap::with_capacity(reg.destination_rules.len());
         for (m, d) in &reg.destination_rules {
             drs.entry(fqdn(&d.host, &m.namespace)).or_insert(d);
@@ -194,7 +196,13 @@ impl<'a> Index<'a> {
                 we_by_label.entry((m.namespace.as_str(), k.as_str(), v.as_str())).or_default().push(i);
             }
         }
-        let mut idx = Index { reg, proxy, sidecar, drs, vss, we_by_ns, we_by_label, owned: Vec::new() };
+        let mut services = HashMap::with_capacity(reg.service_entries.len());
+        for (_, se) in &reg.service_entries {
+            for h in &se.hosts {
+                services.entry(h.as_str()).or_insert(se);
+            }
+        }
+        let mut idx = Index { reg, proxy, sidecar, drs, vss, we_by_ns, we_by_label, owned: Vec::new(), services };
         // A workload is the proxy's when all of its (non-empty) labels are the proxy's.
         if !proxy.labels.is_empty() {
             idx.owned = (reg.service_entries.iter().enumerate())
@@ -206,6 +214,18 @@ impl<'a> Index<'a> {
                 .collect();
         }
         idx
+    }
+
+    /// istiod's `GetDestinationCluster`: the destination's port, else the service's only port,
+    /// else the port the traffic came in on.
+    pub fn destination_cluster(&self, d: &Destination, vs_ns: &str, listener_port: u16) -> String {
+        let host = fqdn(&d.host, vs_ns);
+        let port = match (&d.port, self.services.get(host.as_str())) {
+            (Some(p), _) => p.number,
+            (None, Some(se)) if se.ports.len() == 1 => se.ports[0].number,
+            _ => listener_port,
+        };
+        cluster_name(port, d.subset.as_deref().unwrap_or(""), &host)
     }
 
     pub fn destination_rule(&self, host: &str) -> Option<&'a DestinationRule> {
@@ -237,9 +257,9 @@ impl<'a> Index<'a> {
     }
 
     /// What the proxy may see: Sidecar egress hosts (`ns/host`, `./*`, `*/*`) when a Sidecar
-    /// applies to it, otherwise everything.
+    /// with `egress` applies to it, otherwise everything (Istio's default egress).
     pub fn visible(&self, se_meta: &Metadata, host: &str) -> bool {
-        let Some(sidecar) = self.sidecar else { return true };
+        let Some(sidecar) = self.sidecar.filter(|s| !s.egress.is_empty()) else { return true };
         let proxy = self.proxy;
         sidecar.egress.iter().flat_map(|e| e.hosts.iter()).any(|h| {
             let (ns, pattern) = h.split_once('/').unwrap_or(("*", h));
@@ -257,12 +277,11 @@ impl<'a> Index<'a> {
     }
 }
 
-fn outbound_mode(reg: &Registry, proxy: &ProxyInfo) -> OutboundMode {
-    reg.sidecars
-        .iter()
-        .filter(|(m, _)| m.namespace == proxy.namespace)
-        .find_map(|(_, s)| s.outbound_traffic_policy.as_ref().map(|p| p.mode))
-        .or(reg.mesh.outbound_traffic_policy.as_ref().map(|p| p.mode))
+/// The Sidecar's outboundTrafficPolicy where the Sidecar that applies has one, else the mesh's.
+fn outbound_mode(idx: &Index<'_>) -> OutboundMode {
+    (idx.sidecar.and_then(|s| s.outbound_traffic_policy.as_ref()))
+        .or(idx.reg.mesh.outbound_traffic_policy.as_ref())
+        .map(|p| p.mode)
         .unwrap_or_default()
 }
 
@@ -277,9 +296,9 @@ pub fn generate(reg: &Registry, proxy: &ProxyInfo) -> Result<Resources, Generate
 /// proxies NACKing anything they refuse while keeping their last good config).
 pub fn generate_with(reg: &Registry, proxy: &ProxyInfo, check: bool) -> Result<Resources, GenerateError> {
     let idx = Index::new(reg, proxy);
-    let mode = outbound_mode(reg, proxy);
+    let mode = outbound_mode(&idx);
     let (cl, eps) = clusters::clusters(&idx, mode);
-    let rts = routes::routes(&idx)?;
+    let rts = routes::routes(&idx, mode)?;
     let ls = listeners::listeners(&idx, mode);
     let mut out = Resources::new();
     out.insert(CLUSTER, cl);
@@ -302,6 +321,86 @@ pub fn generate_with(reg: &Registry, proxy: &ProxyInfo, check: bool) -> Result<R
         }
     }
     Ok(out)
+}
+
+/// A kind of proxy the registry implies, for `validate`: what it is (for messages) and what it
+/// presents.
+pub struct ProxyClass {
+    pub description: String,
+    pub proxy: ProxyInfo,
+}
+
+/// Every distinct (namespace, labels) a sidecar could present given `reg`: a proxy without labels
+/// in `default` and in each namespace that has resources, and one per workload (WorkloadEntry or
+/// ServiceEntry endpoint) with its labels and address. What a proxy receives depends on exactly
+/// these (Sidecar selection, short names, inbound listeners for its workloads).
+pub fn proxy_classes(reg: &Registry) -> Vec<ProxyClass> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut add = |description: String, namespace: &str, labels: &BTreeMap<String, String>, ip: Option<&str>| {
+        if seen.insert((namespace.to_string(), labels.clone())) {
+            let instance_ip = ip.filter(|a| a.parse::<std::net::IpAddr>().is_ok()).map(str::to_string);
+            let id = format!(
+                "sidecar~{}~validate.{namespace}~{namespace}.svc.cluster.local",
+                instance_ip.as_deref().unwrap_or("0.0.0.0")
+            );
+            let proxy = ProxyInfo {
+                id,
+                namespace: namespace.to_string(),
+                labels: labels.clone(),
+                instance_ip,
+                proxyless: false,
+            };
+            out.push(ProxyClass { description, proxy });
+        }
+    };
+    let none = BTreeMap::new();
+    add("a proxy in namespace default without labels".into(), "default", &none, None);
+    let namespaces = (reg.service_entries.iter().map(|(m, _)| m))
+        .chain(reg.workload_entries.iter().map(|(m, _)| m))
+        .chain(reg.virtual_services.iter().map(|(m, _)| m))
+        .chain(reg.destination_rules.iter().map(|(m, _)| m))
+        .chain(reg.sidecars.iter().map(|(m, _)| m))
+        .map(|m| m.namespace.as_str())
+        .collect::<std::collections::BTreeSet<_>>();
+    for ns in namespaces {
+        add(format!("a proxy in namespace {ns} without labels"), ns, &none, None);
+    }
+    let show = |l: &BTreeMap<String, String>| l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    for (m, we) in &reg.workload_entries {
+        let d = format!("the proxy of WorkloadEntry {}/{} (labels {})", m.namespace, m.name, show(&we.labels));
+        add(d, &m.namespace, &we.labels, Some(&we.address));
+    }
+    for (m, se) in &reg.service_entries {
+        for (i, we) in se.endpoints.iter().enumerate().filter(|(_, we)| !we.labels.is_empty()) {
+            let d = format!(
+                "the proxy of ServiceEntry {}/{} endpoint {i} (labels {})",
+                m.namespace,
+                m.name,
+                show(&we.labels)
+            );
+            add(d, &m.namespace, &we.labels, Some(&we.address));
+        }
+    }
+    out
+}
+
+/// Generates, with the acceptance check, for every proxy class of `reg` as a sidecar and as a
+/// proxyless gRPC client; returns each distinct error once, with the first class that met it.
+pub fn check_all(reg: &Registry) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut errors = Vec::new();
+    for class in proxy_classes(reg) {
+        let grpc = ProxyInfo { proxyless: true, ..class.proxy.clone() };
+        for (p, kind) in [(&class.proxy, "sidecar"), (&grpc, "proxyless gRPC client")] {
+            if let Err(e) = generate(reg, p) {
+                if seen.insert(e.to_string()) {
+                    errors.push(format!("for {} as a {kind}: {e}", class.description));
+                }
+            }
+        }
+    }
+    errors
 }
 
 /// API listeners are named `host:port`; socket listeners never contain a colon.

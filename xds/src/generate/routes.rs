@@ -4,15 +4,18 @@ use std::collections::{BTreeMap, HashSet};
 
 use envoy_types::pb::envoy::config::route::v3::{header_matcher, query_parameter_matcher};
 use envoy_types::pb::envoy::config::route::v3::{
-    redirect_action, route, route_action, route_match, weighted_cluster, HeaderMatcher, QueryParameterMatcher,
-    RedirectAction, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    redirect_action, route, route_action, route_match, weighted_cluster, DirectResponseAction, HeaderMatcher,
+    QueryParameterMatcher, RedirectAction, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    WeightedCluster,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, RegexMatcher, StringMatcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    string_matcher, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
+};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::{bool_value, cluster_name, fqdn, pb_duration, to_any, u32_value, GenerateError, Index, ROUTE};
-use crate::istio::model::{HttpMatch, HttpRoute, StringMatch};
+use super::{bool_value, cluster_name, pb_duration, to_any, u32_value, GenerateError, Index, ROUTE};
+use crate::istio::model::{HttpMatch, HttpRoute, OutboundMode, StringMatch};
 
 fn regex(r: &str) -> RegexMatcher {
     RegexMatcher { regex: r.to_string(), ..Default::default() }
@@ -83,7 +86,13 @@ fn redirect_code(code: Option<u16>) -> Result<redirect_action::RedirectResponseC
     })
 }
 
-fn action(rule: &HttpRoute, vs_ns: &str, port: u16, res: &str) -> Result<route::Action, GenerateError> {
+fn action(
+    idx: &Index<'_>,
+    rule: &HttpRoute,
+    vs_ns: &str,
+    port: u16,
+    res: &str,
+) -> Result<route::Action, GenerateError> {
     let err = |message: String| GenerateError { resource: res.to_string(), message };
     if let Some(r) = &rule.redirect {
         let mut v =
@@ -96,10 +105,7 @@ fn action(rule: &HttpRoute, vs_ns: &str, port: u16, res: &str) -> Result<route::
         }
         return Ok(route::Action::Redirect(v));
     }
-    let dest_cluster = |d: &crate::istio::model::Destination| {
-        let p = d.port.as_ref().map(|p| p.number).unwrap_or(port);
-        cluster_name(p, d.subset.as_deref().unwrap_or(""), &fqdn(&d.host, vs_ns))
-    };
+    let dest_cluster = |d: &crate::istio::model::Destination| idx.destination_cluster(d, vs_ns, port);
     let specifier = if rule.route.len() == 1 {
         route_action::ClusterSpecifier::Cluster(dest_cluster(&rule.route[0].destination))
     } else {
@@ -125,8 +131,14 @@ fn action(rule: &HttpRoute, vs_ns: &str, port: u16, res: &str) -> Result<route::
     let mut v =
         RouteAction { cluster_specifier: Some(specifier), timeout: Some(pb_duration(timeout)), ..Default::default() };
     if let Some(rw) = &rule.rewrite {
+        // As istiod: `uri` is Envoy's prefix_rewrite whatever the match (for a regex match Envoy
+        // swaps the whole path), `uriRegexRewrite` its regex_rewrite.
         if let Some(u) = &rw.uri {
             v.prefix_rewrite = u.clone();
+        }
+        if let Some(r) = &rw.uri_regex_rewrite {
+            v.regex_rewrite =
+                Some(RegexMatchAndSubstitute { pattern: Some(regex(&r.pattern)), substitution: r.rewrite.clone() });
         }
         if let Some(a) = &rw.authority {
             v.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
@@ -159,7 +171,37 @@ fn domains(host: &str, port: u16, proxy_ns: &str, used: &HashSet<String>) -> Vec
     out
 }
 
-pub fn routes(idx: &Index<'_>) -> Result<BTreeMap<String, Any>, GenerateError> {
+/// istiod's last virtual host of an outbound route configuration, for a Host no service has:
+/// `allow_any` to where the connection was going (ALLOW_ANY), or `block_all` answering 502
+/// (REGISTRY_ONLY).
+fn catch_all(mode: OutboundMode) -> VirtualHost {
+    let (name, action) = match mode {
+        OutboundMode::AllowAny => (
+            "allow_any",
+            route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("PassthroughCluster".into())),
+                timeout: Some(pb_duration(std::time::Duration::ZERO)),
+                ..Default::default()
+            }),
+        ),
+        OutboundMode::RegistryOnly => {
+            ("block_all", route::Action::DirectResponse(DirectResponseAction { status: 502, ..Default::default() }))
+        }
+    };
+    VirtualHost {
+        name: name.into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            name: name.into(),
+            r#match: Some(match_all()),
+            action: Some(action),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub fn routes(idx: &Index<'_>, mode: OutboundMode) -> Result<BTreeMap<String, Any>, GenerateError> {
     let (reg, proxy) = (idx.reg, idx.proxy);
     // The per-port configurations' virtual hosts, each encoded as it is made: 10,000 services
     // are 10,000 virtual hosts, and none of them needs to be kept as a struct.
@@ -186,7 +228,7 @@ pub fn routes(idx: &Index<'_>) -> Result<BTreeMap<String, Any>, GenerateError> {
                         if !rule.matches.is_empty() && matches.is_empty() {
                             continue;
                         }
-                        let act = action(rule, &vm.namespace, port.number, &res)?;
+                        let act = action(idx, rule, &vm.namespace, port.number, &res)?;
                         let name = rule.name.clone().unwrap_or_else(|| format!("{}.{}.{i}", vm.namespace, vm.name));
                         let ms: Vec<RouteMatch> = if matches.is_empty() {
                             vec![match_all()]
@@ -248,7 +290,11 @@ pub fn routes(idx: &Index<'_>) -> Result<BTreeMap<String, Any>, GenerateError> {
             }
         }
     }
-    for (port, virtual_hosts) in by_port {
+    for (port, mut virtual_hosts) in by_port {
+        if !used.get(&port).is_some_and(|u| u.contains("*")) {
+            let rc = RouteConfiguration { virtual_hosts: vec![catch_all(mode)], ..Default::default() };
+            rc.encode(&mut virtual_hosts).expect("a Vec grows");
+        }
         let name = port.to_string();
         // Named by a number, so never one of the API ones (`host:port`).
         out.entry(name.clone())

@@ -220,3 +220,277 @@ fn indexed_lookups_agree_with_scans() {
     // The first DestinationRule for a host wins, as before.
     assert!(idx.destination_rule("reviews.bookinfo.svc.cluster.local").unwrap().subsets.len() == 3);
 }
+
+/// A directory holding `text` as one file, loaded as `serve` loads it (with the cross-document
+/// checks).
+fn load_text_dir(text: &str) -> Result<Registry, Vec<crate::istio::LoadError>> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("outrigger-gen-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.yaml"), text).unwrap();
+    let r = load_dir(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// As [`generated`], without the proxy's acceptance check: the shape of what is generated for
+/// fields the proxy may not take yet.
+fn generated_unchecked(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+    let pool = outrigger_api::descriptor_pool();
+    generate_with(reg, p, false)
+        .unwrap()
+        .into_iter()
+        .map(|(t, by)| (t, by.into_iter().map(|(n, a)| (n, outrigger_api::json::to_json(&pool, &a))).collect()))
+        .collect()
+}
+
+const WEB: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [web.shop.svc.cluster.local]
+  ports: [{ number: 8080, name: http, protocol: HTTP }]
+  resolution: STATIC
+  endpoints: [{ address: 10.1.0.1 }]
+";
+
+fn shop_routes(extra: &str, proxy_ns: &str) -> Vec<Value> {
+    let reg = load_text_dir(&format!("{WEB}---\n{extra}")).unwrap();
+    let g = generated_unchecked(&reg, &ProxyInfo { namespace: proxy_ns.into(), ..Default::default() });
+    g[ROUTE]["8080"]["virtualHosts"].as_array().unwrap().clone()
+}
+
+#[test]
+fn uri_rewrite_is_prefix_rewrite_and_uri_regex_rewrite_is_regex_rewrite_as_istiod_generates() {
+    let vhs = shop_routes(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [web]
+  http:
+  - match: [{ uri: { regex: \"^/api/v[0-9]+/.*\" } }]
+    rewrite: { uri: /legacy }
+    route: [{ destination: { host: web } }]
+  - match: [{ uri: { regex: \"^/items/([0-9]+)$\" } }]
+    rewrite: { uriRegexRewrite: { match: \"^/items/([0-9]+)$\", rewrite: \"/item?id=\\\\1\" } }
+    route: [{ destination: { host: web } }]
+",
+        "shop",
+    );
+    let routes = vhs[0]["routes"].as_array().unwrap();
+    // istiod: `rewrite.uri` is prefix_rewrite whatever the match (for a regex, Envoy swaps the
+    // whole path).
+    assert_eq!(routes[0]["match"]["safeRegex"]["regex"], "^/api/v[0-9]+/.*");
+    assert_eq!(routes[0]["route"]["prefixRewrite"], "/legacy");
+    assert!(routes[0]["route"].get("regexRewrite").is_none(), "{}", routes[0]);
+    assert_eq!(routes[1]["route"]["regexRewrite"]["pattern"]["regex"], "^/items/([0-9]+)$");
+    assert_eq!(routes[1]["route"]["regexRewrite"]["substitution"], "/item?id=\\1");
+    assert!(routes[1]["route"].get("prefixRewrite").is_none(), "{}", routes[1]);
+}
+
+#[test]
+fn uri_and_uri_regex_rewrite_together_are_refused_by_name() {
+    let errors = load_text_dir(&format!(
+        "{WEB}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  hosts: [web]\n  http:\n  - rewrite: {{ uri: /a, uriRegexRewrite: {{ match: x, rewrite: y }} }}\n    route: [{{ destination: {{ host: web }} }}]\n"
+    ))
+    .unwrap_err();
+    let e = errors[0].to_string();
+    assert!(e.contains("document 1 (VirtualService shop/web): spec.http[0].rewrite: uri and uriRegexRewrite"), "{e}");
+}
+
+#[test]
+fn unknown_hosts_get_istio_catch_all_virtual_host_for_the_outbound_mode() {
+    let allow = shop_routes("", "shop");
+    let last = allow.last().unwrap();
+    assert_eq!(last["name"], "allow_any");
+    assert_eq!(last["domains"], serde_json::json!(["*"]));
+    assert_eq!(last["routes"][0]["route"]["cluster"], "PassthroughCluster");
+    let block = shop_routes(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: { name: default, namespace: shop }\nspec: { outboundTrafficPolicy: { mode: REGISTRY_ONLY } }\n",
+        "shop",
+    );
+    let last = block.last().unwrap();
+    assert_eq!(last["name"], "block_all");
+    assert_eq!(last["routes"][0]["directResponse"]["status"], 502);
+    // The Sidecar is the shop namespace's: other namespaces keep the mesh default.
+    assert_eq!(shop_routes("", "elsewhere").last().unwrap()["name"], "allow_any");
+}
+
+const DB: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db, namespace: data }
+spec:
+  hosts: [db.data.svc.cluster.local]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }, { number: 5433, name: tcp-replica, protocol: TCP }]
+  resolution: STATIC
+  endpoints:
+  - { address: 10.2.0.1, labels: { version: v1 } }
+  - { address: 10.2.0.2, labels: { version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: db, namespace: data }
+spec:
+  host: db
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: db, namespace: data }
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{ port: 5432, sourceLabels: { app: batch } }]
+    route: [{ destination: { host: db, subset: v2 } }]
+  - match: [{ port: 5432 }]
+    route:
+    - { destination: { host: db, subset: v1 }, weight: 80 }
+    - { destination: { host: db, subset: v2 }, weight: 20 }
+";
+
+fn outbound_tcp(reg: &Registry, labels: &[(&str, &str)], port: u16) -> Value {
+    let p = ProxyInfo {
+        namespace: "data".into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    let g = generated(reg, &p);
+    let chains = g[LISTENER]["virtualOutbound"]["filterChains"].as_array().unwrap().clone();
+    let chain = chains.iter().find(|c| c["filterChainMatch"]["destinationPort"] == port).unwrap();
+    chain["filters"][0]["typedConfig"].clone()
+}
+
+#[test]
+fn tcp_routes_send_a_port_to_weighted_subsets_and_match_source_labels() {
+    let reg = load_text_dir(DB).unwrap();
+    let tcp = outbound_tcp(&reg, &[("app", "web")], 5432);
+    let w = tcp["weightedClusters"]["clusters"].as_array().unwrap();
+    assert_eq!(w.len(), 2, "{tcp}");
+    assert_eq!(w[0]["name"], "outbound|5432|v1|db.data.svc.cluster.local");
+    assert_eq!(w[0]["weight"], 80);
+    assert_eq!(w[1]["name"], "outbound|5432|v2|db.data.svc.cluster.local");
+    assert_eq!(w[1]["weight"], 20);
+    assert_eq!(tcp["statPrefix"], "db.data");
+    // The first rule whose match holds for the proxy wins: batch jobs go to v2 only.
+    let batch = outbound_tcp(&reg, &[("app", "batch")], 5432);
+    assert_eq!(batch["cluster"], "outbound|5432|v2|db.data.svc.cluster.local");
+    // No rule matches the other port: the service's own cluster.
+    let replica = outbound_tcp(&reg, &[("app", "web")], 5433);
+    assert_eq!(replica["cluster"], "outbound|5433||db.data.svc.cluster.local");
+}
+
+#[test]
+fn tcp_route_destination_subnets_and_source_subnet_are_refused_by_name() {
+    let text = DB.replace(
+        "match: [{ port: 5432 }]",
+        "match: [{ port: 5432, destinationSubnets: [10.2.0.0/16], sourceSubnet: 10.0.0.0/8 }]",
+    );
+    let errors = load_text_dir(&text).unwrap_err();
+    let all = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        all.contains(
+            "config.yaml: document 2 (VirtualService data/db): spec.tcp[1].match[0].destinationSubnets: not supported"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("spec.tcp[1].match[0].sourceSubnet: not supported"), "{all}");
+}
+
+#[test]
+fn workload_locality_is_the_endpoint_locality_in_the_load_assignment() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api, namespace: geo }
+spec:
+  hosts: [api.geo.svc.cluster.local]
+  ports: [{ number: 80, name: http }]
+  resolution: STATIC
+  workloadSelector: { labels: { app: api } }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: west, namespace: geo }
+spec: { address: 10.3.0.1, labels: { app: api }, locality: us-west1/us-west1-b, weight: 3 }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: east, namespace: geo }
+spec: { address: 10.3.0.2, labels: { app: api }, locality: us-east1/us-east1-c/rack7 }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: west2, namespace: geo }
+spec: { address: 10.3.0.3, labels: { app: api }, locality: us-west1/us-west1-b }
+";
+    let reg = load_text_dir(text).unwrap();
+    let g = generated(&reg, &ProxyInfo { namespace: "geo".into(), ..Default::default() });
+    let groups = g[ENDPOINT]["outbound|80||api.geo.svc.cluster.local"]["endpoints"].as_array().unwrap().clone();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    // Sorted by locality, as istiod sorts them; weighted by the sum of their endpoints' weights.
+    assert_eq!(
+        groups[0]["locality"],
+        serde_json::json!({"region": "us-east1", "zone": "us-east1-c", "subZone": "rack7"})
+    );
+    assert_eq!(groups[0]["lbEndpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(groups[1]["locality"], serde_json::json!({"region": "us-west1", "zone": "us-west1-b"}));
+    assert_eq!(groups[1]["lbEndpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(groups[1]["loadBalancingWeight"], 4);
+}
+
+#[test]
+fn workload_service_account_network_and_a_custom_trust_domain_are_refused_by_name() {
+    let errors = load_text_dir(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: vm, namespace: geo }
+spec: { address: 10.3.0.1, serviceAccount: vm-sa, network: net2 }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: ext, namespace: geo }
+spec:
+  hosts: [ext.example.com]
+  ports: [{ number: 80, name: http }]
+  endpoints: [{ address: 10.4.0.1, serviceAccount: ext-sa }]
+",
+    )
+    .unwrap_err();
+    let all = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        all.contains("config.yaml: document 0 (WorkloadEntry geo/vm): spec.serviceAccount: not supported"),
+        "{all}"
+    );
+    assert!(all.contains("(WorkloadEntry geo/vm): spec.network: not supported"), "{all}");
+    assert!(
+        all.contains("document 1 (ServiceEntry geo/ext): spec.endpoints[0].serviceAccount: not supported"),
+        "{all}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("outrigger-mesh-td-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), "trustDomain: example.org\n").unwrap();
+    let errors = load_dir(&dir).unwrap_err();
+    std::fs::write(dir.join("mesh.yaml"), "trustDomain: cluster.local\n").unwrap();
+    let default_ok = load_dir(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        errors[0].to_string().contains("mesh.yaml: document 0 (mesh): trustDomain: only \"cluster.local\""),
+        "{errors:?}"
+    );
+    assert!(default_ok.is_ok(), "{default_ok:?}");
+}
+
+#[test]
+fn an_invalid_regex_is_a_load_error_naming_its_field() {
+    let errors = load_text_dir(&format!(
+        "{WEB}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  hosts: [web]\n  http:\n  - match: [{{ headers: {{ x-user: {{ regex: \"(unclosed\" }} }} }}]\n    route: [{{ destination: {{ host: web }} }}]\n"
+    ))
+    .unwrap_err();
+    let e = errors[0].to_string();
+    assert!(
+        e.contains("document 1 (VirtualService shop/web): spec.http[0].match[0].headers.x-user.regex: \"(unclosed\" is not a valid regex"),
+        "{e}"
+    );
+}

@@ -29,6 +29,9 @@ pub struct Registry {
     pub mesh: MeshConfig,
 }
 
+/// Istio's default trust domain: the one value of `trustDomain` that changes nothing here.
+const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 const API_GROUPS: &[&str] = &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
 
 /// Loads every `*.yaml`/`*.yml` file (sorted by name; `mesh.yaml` is the mesh config).
@@ -161,6 +164,16 @@ fn parse_file(f: &Path) -> Parsed {
     };
     if f.file_name().is_some_and(|n| n == "mesh.yaml" || n == "mesh.yml") {
         match typed::<MeshConfig>(serde_yaml::from_str(&text).unwrap_or(serde_yaml::Value::Null)) {
+            Ok(m) if m.trust_domain.as_deref().is_some_and(|t| t != DEFAULT_TRUST_DOMAIN) => {
+                out.errors.push(LoadError {
+                    file: name,
+                    index: 0,
+                    resource: Some("mesh".into()),
+                    message: format!(
+                        "trustDomain: only \"{DEFAULT_TRUST_DOMAIN}\" is supported (SPIFFE identities need mTLS, which is not implemented)"
+                    ),
+                })
+            }
             Ok(m) => out.mesh = Some(m),
             Err(message) => out.errors.push(LoadError { file: name, index: 0, resource: Some("mesh".into()), message }),
         }
@@ -278,6 +291,7 @@ fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
             errors.push(e("spec.workloadSelector: cannot be combined with spec.endpoints".into()));
         }
         for (i, ep) in se.endpoints.iter().enumerate() {
+            workload_fields(ep, &format!("spec.endpoints[{i}]."), &mut |m| errors.push(e(m)));
             if se.resolution == Resolution::Static && ep.address.parse::<std::net::IpAddr>().is_err() {
                 errors.push(e(format!(
                     "spec.endpoints[{i}].address: \"{}\" is not an IP (resolution STATIC)",
@@ -291,10 +305,63 @@ fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
             }
         }
     }
+    for (m, we) in &reg.workload_entries {
+        let res = format!("WorkloadEntry {}/{}", m.namespace, m.name);
+        workload_fields(we, "spec.", &mut |message| errors.push(source_err(m, &res, message)));
+    }
     for (m, vs) in &reg.virtual_services {
         let res = format!("VirtualService {}/{}", m.namespace, m.name);
+        let e = |message: String| source_err(m, &res, message);
+        for (i, r) in vs.tcp.iter().enumerate() {
+            if r.route.is_empty() {
+                errors.push(e(format!("spec.tcp[{i}].route: at least one destination is required")));
+            } else if r.route.len() > 1 && r.route.iter().all(|d| d.weight.unwrap_or(0) == 0) {
+                errors.push(e(format!("spec.tcp[{i}].route: weights must not all be 0")));
+            }
+            for (j, mt) in r.matches.iter().enumerate() {
+                // Outbound filter chains match the destination port only; a subnet match would
+                // be silently ignored.
+                if !mt.destination_subnets.is_empty() {
+                    errors.push(e(format!(
+                        "spec.tcp[{i}].match[{j}].destinationSubnets: not supported (filter chains match the destination port only)"
+                    )));
+                }
+                if mt.source_subnet.is_some() {
+                    errors.push(e(format!("spec.tcp[{i}].match[{j}].sourceSubnet: not supported")));
+                }
+            }
+        }
         for (i, r) in vs.http.iter().enumerate() {
-            let e = |message: String| source_err(m, &res, message);
+            // The proxy compiles every regex; one it cannot is this document's error, not a NACK.
+            let mut regexes: Vec<(String, &str)> = Vec::new();
+            for (j, mt) in r.matches.iter().enumerate() {
+                let at = |field: &str| format!("spec.http[{i}].match[{j}].{field}");
+                let singles = [("uri", &mt.uri), ("method", &mt.method), ("authority", &mt.authority)];
+                for (field, m) in singles {
+                    if let Some(StringMatch::Regex(re)) = m {
+                        regexes.push((at(&format!("{field}.regex")), re));
+                    }
+                }
+                for (kind, map) in [("headers", &mt.headers), ("queryParams", &mt.query_params)] {
+                    for (name, m) in map {
+                        if let StringMatch::Regex(re) = m {
+                            regexes.push((at(&format!("{kind}.{name}.regex")), re));
+                        }
+                    }
+                }
+            }
+            if let Some(rr) = r.rewrite.as_ref().and_then(|rw| rw.uri_regex_rewrite.as_ref()) {
+                regexes.push((format!("spec.http[{i}].rewrite.uriRegexRewrite.match"), &rr.pattern));
+            }
+            for (field, re) in regexes {
+                if let Err(err) = regex::Regex::new(re) {
+                    let first = err.to_string().lines().last().unwrap_or_default().to_string();
+                    errors.push(e(format!("{field}: \"{re}\" is not a valid regex ({first})")));
+                }
+            }
+            if r.rewrite.as_ref().is_some_and(|rw| rw.uri.is_some() && rw.uri_regex_rewrite.is_some()) {
+                errors.push(e(format!("spec.http[{i}].rewrite: uri and uriRegexRewrite cannot both be set")));
+            }
             if r.route.is_empty() && r.redirect.is_none() {
                 errors.push(e(format!("spec.http[{i}]: route or redirect is required")));
             }
@@ -309,6 +376,22 @@ fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
         let res = format!("DestinationRule {}/{}", m.namespace, m.name);
         if dr.host.is_empty() {
             errors.push(source_err(m, &res, "spec.host is required".into()));
+        }
+    }
+}
+
+/// WorkloadEntry fields that would shape what istiod generates in ways not implemented here:
+/// refused rather than accepted without effect.
+fn workload_fields(we: &WorkloadEntry, prefix: &str, err: &mut dyn FnMut(String)) {
+    if we.service_account.is_some() {
+        err(format!("{prefix}serviceAccount: not supported (it names the mTLS identity, and mTLS is not implemented)"));
+    }
+    if we.network.is_some() {
+        err(format!("{prefix}network: not supported (multi-network routing through gateways is not implemented)"));
+    }
+    if let Some(l) = &we.locality {
+        if l.is_empty() || l.split('/').any(str::is_empty) {
+            err(format!("{prefix}locality: \"{l}\" is not region[/zone[/subzone]]"));
         }
     }
 }

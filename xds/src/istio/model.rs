@@ -82,10 +82,13 @@ pub struct WorkloadEntry {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Parsed to be refused by name: istiod uses it for mTLS SANs, which are not implemented.
     #[serde(default)]
     pub service_account: Option<String>,
+    /// Parsed to be refused by name: multi-network routing (east-west gateways) is not implemented.
     #[serde(default)]
     pub network: Option<String>,
+    /// `region/zone/subzone`: the endpoint's locality in the ClusterLoadAssignment.
     #[serde(default)]
     pub locality: Option<String>,
 }
@@ -219,7 +222,19 @@ pub struct Rewrite {
     #[serde(default)]
     pub uri: Option<String>,
     #[serde(default)]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+    #[serde(default)]
     pub authority: Option<String>,
+}
+
+/// `rewrite.uriRegexRewrite`: the path's matches of `match` are replaced by `rewrite`
+/// (Envoy's `regex_rewrite`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub rewrite: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -235,6 +250,18 @@ pub struct TcpRoute {
 pub struct TcpMatch {
     #[serde(default)]
     pub port: Option<u16>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Parsed to be refused by name: outbound filter chains match the destination port only.
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    /// Parsed to be refused by name (istiod does not apply it to sidecars either).
+    #[serde(default)]
+    pub source_subnet: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -318,6 +345,8 @@ pub enum OutboundMode {
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
+    /// Only the default (`cluster.local`) is accepted: SPIFFE identities need mTLS, which is not
+    /// implemented, so any other value would be silently without effect.
     #[serde(default)]
     pub trust_domain: Option<String>,
     #[serde(default)]

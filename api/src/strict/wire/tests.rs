@@ -5,6 +5,7 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, ReflectMessage, Value};
 
 use super::*;
+use crate::strict::check_resource;
 
 fn pool() -> &'static DescriptorPool {
     static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();

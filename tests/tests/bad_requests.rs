@@ -79,3 +79,10 @@ async fn http11_request_without_host_gets_400() {
     let (b, p) = setup();
     rejected(&p, &b, b"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n", 400).await;
 }
+
+#[tokio::test]
+async fn unparsable_head_after_empty_lines_gets_400() {
+    let (b, p) = setup();
+    // The parser skips the empty lines; the 400 must not wait for a head that already failed.
+    rejected(&p, &b, b"\r\n\r\nGET / HTTP/1.1\r\nBad Header\r\n\r\n", 400).await;
+}

@@ -197,6 +197,21 @@ async fn request_headers_timeout_drops_a_request_whose_headers_never_end() {
 }
 
 #[tokio::test]
+async fn request_headers_timeout_does_not_cut_the_answer_to_a_request_followed_by_more_bytes() {
+    let b = Backend::start("app");
+    let mut cfg = simple(&[b.addr]);
+    first_filter(&mut cfg, 0)["request_headers_timeout"] = json!("0.3s");
+    let p = Proxy::start(&cfg);
+    // A stray CRLF after a body (RFC 9112 2.2 says to tolerate it), and the start of a pipelined
+    // head: neither is a head the client is late with while the slow answer is being made.
+    let slow = "POST /slow HTTP/1.1\r\nHost: x\r\nx-delay-ms: 1500\r\nContent-Length: 2\r\n\r\nok";
+    for after in ["\r\n", "GET /next HTTP/1.1\r\nHost"] {
+        let out = raw(p.addr("http"), format!("{slow}{after}").as_bytes()).await;
+        assert_eq!(raw_status(&out), Some(200), "{after:?}: {out}");
+    }
+}
+
+#[tokio::test]
 async fn tcp_proxy_weighted_clusters_spread_connections() {
     let (a, b) = (TcpServer::start(TcpMode::Greet("a")), TcpServer::start(TcpMode::Greet("b")));
     let mut chain = tcp_chain("w", "unused");

@@ -184,7 +184,17 @@ async fn sotw_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
     for t in state.wanted_types() {
         tx.send(request(state, t, "", &None))?;
     }
-    let mut stream = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
+    // grpc-go servers send the response headers with their first message: an initial fetch
+    // times out even while the stream is still opening.
+    let open = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx));
+    tokio::pin!(open);
+    let mut stream = loop {
+        let deadline = state.next_fetch_deadline();
+        tokio::select! {
+            r = &mut open => break r?.into_inner(),
+            _ = until(deadline) => expire_fetches(app, state),
+        }
+    };
     metrics().xds_connected.set(1);
     let mut trim_at = None;
     loop {
@@ -273,7 +283,17 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
             ..Default::default()
         })?;
     }
-    let mut stream = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx)).await?.into_inner();
+    // grpc-go servers send the response headers with their first message: an initial fetch
+    // times out even while the stream is still opening.
+    let open = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx));
+    tokio::pin!(open);
+    let mut stream = loop {
+        let deadline = state.next_fetch_deadline();
+        tokio::select! {
+            r = &mut open => break r?.into_inner(),
+            _ = until(deadline) => expire_fetches(app, state),
+        }
+    };
     metrics().xds_connected.set(1);
     let mut trim_at = None;
     loop {

@@ -24,6 +24,8 @@ pub struct Gate {
     /// Requests the router has started on this connection (hyper serves HTTP/1 requests one at
     /// a time and in order, so this is also the index of the head each one came from).
     started: AtomicU64,
+    /// Requests the router has answered (their response head is out).
+    answered: AtomicU64,
     /// Index of the head the guard refused; that request and all later ones are refused.
     refused_from: AtomicU64,
     /// Index of the upgrade request the guard holds the following bytes behind.
@@ -36,6 +38,7 @@ impl Default for Gate {
     fn default() -> Self {
         Gate {
             started: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             refused_from: AtomicU64::new(NONE),
             waiting_on: AtomicU64::new(NONE),
             decision: AtomicU8::new(UNDECIDED),
@@ -49,6 +52,11 @@ impl Gate {
     pub fn start(&self) -> Ticket<'_> {
         let index = self.started.fetch_add(1, Ordering::AcqRel);
         Ticket { gate: self, index, done: false }
+    }
+
+    /// No request is being handled: hyper waits for the next head.
+    pub(super) fn idle(&self) -> bool {
+        self.answered.load(Ordering::Acquire) == self.started.load(Ordering::Acquire)
     }
 
     pub(super) fn refuse_from(&self, index: u64) {
@@ -108,6 +116,7 @@ impl Ticket<'_> {
             return;
         }
         self.done = true;
+        self.gate.answered.fetch_add(1, Ordering::AcqRel);
         if self.gate.waiting_on.load(Ordering::SeqCst) != self.index {
             return;
         }

@@ -58,10 +58,12 @@ enum State {
     AwaitUpgrade,
     /// HTTP/2, or a tunnel the router set up.
     Pass,
-    /// A framing error: nothing more reaches hyper. `error`: reads fail (a bad body) rather than
-    /// block (a refused head, which hyper or the router answers and closes).
+    /// A framing error (`body`: in a chunked body, else a refused head): nothing more reaches
+    /// hyper, every further read fails. hyper has what it needs to answer a refused head (400 or
+    /// 431; the router answers one that hyper dispatches), and a read error never leaves it
+    /// waiting for bytes that will not come.
     Failed {
-        error: bool,
+        body: bool,
     },
 }
 
@@ -168,7 +170,7 @@ impl<IO> Guarded<IO> {
                 State::ChunkCr | State::ChunkLf => {
                     let want = if self.state == State::ChunkCr { b'\r' } else { b'\n' };
                     if rest[0] != want {
-                        self.state = State::Failed { error: true };
+                        self.state = State::Failed { body: true };
                         return i;
                     }
                     i += 1;
@@ -179,14 +181,14 @@ impl<IO> Guarded<IO> {
                     self.chunk_line.extend_from_slice(&rest[..consumed]);
                     i += consumed;
                     if self.chunk_line.len() > MAX_CHUNK_LINE {
-                        self.state = State::Failed { error: true };
+                        self.state = State::Failed { body: true };
                         return i;
                     }
                     if complete {
                         self.state = match chunk_size(&self.chunk_line) {
                             Some(0) => State::Trailers { count: 0, bytes: 0 },
                             Some(n) => State::ChunkData(n),
-                            None => State::Failed { error: true },
+                            None => State::Failed { body: true },
                         };
                         self.chunk_line.clear();
                     }
@@ -197,7 +199,7 @@ impl<IO> Guarded<IO> {
                     i += consumed;
                     let bytes = bytes + consumed;
                     if bytes > self.max_head {
-                        self.state = State::Failed { error: true };
+                        self.state = State::Failed { body: true };
                         return i;
                     }
                     if !complete {
@@ -208,7 +210,7 @@ impl<IO> Guarded<IO> {
                     let last = self.chunk_line == b"\r\n";
                     self.chunk_line.clear();
                     self.state = if !ok || count >= self.max_headers {
-                        State::Failed { error: true }
+                        State::Failed { body: true }
                     } else if last {
                         self.end_of_message()
                     } else {
@@ -224,7 +226,7 @@ impl<IO> Guarded<IO> {
                     Head::Refused { len } => {
                         // hyper gets the head to answer it; nothing after it is parsed.
                         self.gate.refuse_from(self.heads);
-                        self.state = State::Failed { error: false };
+                        self.state = State::Failed { body: false };
                         return i + len;
                     }
                 },
@@ -252,7 +254,13 @@ impl<IO> Guarded<IO> {
             Ok(httparse::Status::Partial) => return Head::Refused { len: data.len() },
             // Unparsable: hyper answers 400 on the same bytes; it gets them up to the first empty
             // line (where its parser would stop too) and nothing after.
-            Err(_) => return Head::Refused { len: head_end(data).unwrap_or(data.len()) },
+            Err(_) => {
+                // httparse skips empty lines before the request line; so must the search for the
+                // head's end, or hyper would get only those and wait for the rest.
+                let skip = data.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+                let len = head_end(&data[skip..]).map_or(data.len(), |e| skip + e);
+                return Head::Refused { len };
+            }
         };
         let refused = Head::Refused { len };
         let mut content_length = None;
@@ -398,14 +406,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 return Poll::Ready(Ok(()));
             }
             match this.state {
-                State::Failed { error: true } => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed request body framing",
-                    )))
+                State::Failed { body } => {
+                    let what = if body { "malformed request body framing" } else { "refused request head" };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, what)));
                 }
-                // hyper answers the refused head and closes; nothing more is read.
-                State::Failed { error: false } => return Poll::Pending,
                 State::AwaitUpgrade => match this.gate.poll_decision(cx.waker()) {
                     None => return Poll::Pending,
                     Some(d) => {
@@ -458,11 +462,20 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             let n = rb.filled().len();
             this.held.truncate(before + n);
             if r.is_pending() {
-                if let Some(t) = this.head_timeout {
-                    let d = this.head_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
-                    if d.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request headers timeout")));
+                // The timeout runs from a head's first byte (empty lines before it do not count)
+                // while hyper waits for it, not while an earlier request is being answered.
+                let waiting = this.gate.idle() && this.held.iter().any(|b| !matches!(b, b'\r' | b'\n'));
+                match this.head_timeout {
+                    Some(t) if waiting => {
+                        let d = this.head_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+                        if d.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "request headers timeout",
+                            )));
+                        }
                     }
+                    _ => this.head_deadline = None,
                 }
                 return Poll::Pending;
             }

@@ -101,7 +101,7 @@ fn malformed_chunked_bodies_fail_the_read_side() {
         input.extend_from_slice(body);
         input.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
         let (out, state) = run(&[&input]);
-        assert_eq!(state, State::Failed { error: true }, "{:?}", String::from_utf8_lossy(body));
+        assert_eq!(state, State::Failed { body: true }, "{:?}", String::from_utf8_lossy(body));
         assert!(!String::from_utf8_lossy(&out).contains("/smuggled"));
     }
 }

@@ -60,13 +60,11 @@ fn connect_proxy(target: std::net::SocketAddr, allow: bool) -> Proxy {
     Proxy::start(&cfg)
 }
 
-#[tokio::test]
-async fn connect_is_terminated_and_piped_to_the_cluster() {
-    let echo = TcpServer::start(TcpMode::Echo);
-    let p = connect_proxy(echo.addr, true);
+/// Sends a CONNECT through the proxy and reads its 200 head byte by byte, so that no tunnel
+/// bytes are consumed with it.
+async fn connect_through(p: &Proxy) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(p.addr("http")).await.unwrap();
     s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n").await.unwrap();
-    // Read the response head byte by byte so that no tunnel bytes are consumed with it.
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -76,12 +74,27 @@ async fn connect_is_terminated_and_piped_to_the_cluster() {
     }
     let head = String::from_utf8_lossy(&head).to_string();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // Raw bytes now: not HTTP at all.
-    let payload: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    s
+}
+
+/// Writes `len` raw (non-HTTP) bytes into the tunnel, closes the write side, and returns them with
+/// what came back.
+async fn echo_through(mut s: tokio::net::TcpStream, len: usize) -> (Vec<u8>, Vec<u8>) {
+    let payload: Vec<u8> = (0..=255u8).cycle().take(len).collect();
     s.write_all(&payload).await.unwrap();
     s.shutdown().await.unwrap();
     let mut back = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut back)).await.expect("echo").unwrap();
+    (payload, back)
+}
+
+#[tokio::test]
+async fn connect_is_terminated_and_piped_to_the_cluster() {
+    let echo = TcpServer::start(TcpMode::Echo);
+    let p = connect_proxy(echo.addr, true);
+    let s = connect_through(&p).await;
+    // Raw bytes now: not HTTP at all.
+    let (payload, back) = echo_through(s, 300_000).await;
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "tunnel corrupted the bytes");
     assert_eq!(echo.first_bytes()[0][0], 0, "the upstream got the tunnel bytes, not the CONNECT request");
@@ -110,22 +123,8 @@ async fn connect_without_connect_config_is_forwarded_to_an_upstream_proxy() {
     );
     first_filter(&mut cfg, 0)["upgrade_configs"] = json!([{"upgrade_type": "CONNECT"}]);
     let p = Proxy::start(&cfg);
-    let mut s = tokio::net::TcpStream::connect(p.addr("http")).await.unwrap();
-    s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b)).await.expect("head").unwrap();
-        assert!(n == 1, "closed during the CONNECT response: {:?}", String::from_utf8_lossy(&head));
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-    s.write_all(&payload).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut back)).await.expect("echo").unwrap();
+    let s = connect_through(&p).await;
+    let (payload, back) = echo_through(s, 100_000).await;
     assert!(back == payload, "tunnel corrupted the bytes ({} of {} came back)", back.len(), payload.len());
     let got = String::from_utf8_lossy(&upstream_proxy.first_bytes()[0]).to_string();
     assert!(got.starts_with("CONNECT db.internal:5432 HTTP/1.1\r\n"), "the upstream got {got:?}, not the CONNECT");

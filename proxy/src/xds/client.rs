@@ -37,15 +37,8 @@ pub async fn run(app: Arc<App>, base: config::Bootstrap, dynamic: config::Dynami
     // Initial fetches time out whether or not there is a stream.
     let (state_ref, app_ref) = (&state, &app);
     let pause = |wake: tokio::time::Instant| async move {
-        let (state, app) = (state_ref, app_ref);
-        let mut state = state.lock().await;
-        loop {
-            let deadline = state.next_fetch_deadline();
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => break,
-                _ = until(deadline) => expire_fetches(app, &mut state),
-            }
-        }
+        let mut state = state_ref.lock().await;
+        expiring(app_ref, &mut state, tokio::time::sleep_until(wake)).await;
     };
     reconnecting(session, pause).await
 }
@@ -98,6 +91,18 @@ fn expire_fetches(app: &App, state: &mut State) {
 fn mark_if_initialized(app: &App, state: &State) {
     if state.initialized() && app.listeners_warm(state.store.listeners.keys()) && state.clusters_warm() {
         app.mark_initialized();
+    }
+}
+
+/// Awaits `fut`, meanwhile ending the warming of whatever initial fetch times out.
+async fn expiring<T>(app: &App, state: &mut State, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(fut);
+    loop {
+        let deadline = state.next_fetch_deadline();
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = until(deadline) => expire_fetches(app, state),
+        }
     }
 }
 
@@ -187,26 +192,11 @@ async fn sotw_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> {
     // grpc-go servers send the response headers with their first message: an initial fetch
     // times out even while the stream is still opening.
     let open = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx));
-    tokio::pin!(open);
-    let mut stream = loop {
-        let deadline = state.next_fetch_deadline();
-        tokio::select! {
-            r = &mut open => break r?.into_inner(),
-            _ = until(deadline) => expire_fetches(app, state),
-        }
-    };
+    let mut stream = expiring(app, state, open).await?.into_inner();
     metrics().xds_connected.set(1);
     let mut trim_at = None;
     loop {
-        let deadline = state.next_fetch_deadline();
-        let msg = tokio::select! {
-            m = next_message(&mut stream, &mut trim_at) => m?,
-            _ = until(deadline) => {
-                expire_fetches(app, state);
-                continue;
-            }
-        };
-        let Some(mut resp) = msg else { break };
+        let Some(mut resp) = expiring(app, state, next_message(&mut stream, &mut trim_at)).await? else { break };
         let out = handle_sotw(app, state, &mut resp);
         let t = type_key(&resp.type_url).unwrap_or(LISTENER);
         let (type_url, nonce) = (std::mem::take(&mut resp.type_url), std::mem::take(&mut resp.nonce));
@@ -286,26 +276,11 @@ async fn delta_session(app: &Arc<App>, state: &mut State) -> anyhow::Result<()> 
     // grpc-go servers send the response headers with their first message: an initial fetch
     // times out even while the stream is still opening.
     let open = client.delta_aggregated_resources(UnboundedReceiverStream::new(rx));
-    tokio::pin!(open);
-    let mut stream = loop {
-        let deadline = state.next_fetch_deadline();
-        tokio::select! {
-            r = &mut open => break r?.into_inner(),
-            _ = until(deadline) => expire_fetches(app, state),
-        }
-    };
+    let mut stream = expiring(app, state, open).await?.into_inner();
     metrics().xds_connected.set(1);
     let mut trim_at = None;
     loop {
-        let deadline = state.next_fetch_deadline();
-        let msg = tokio::select! {
-            m = next_message(&mut stream, &mut trim_at) => m?,
-            _ = until(deadline) => {
-                expire_fetches(app, state);
-                continue;
-            }
-        };
-        let Some(mut resp) = msg else { break };
+        let Some(mut resp) = expiring(app, state, next_message(&mut stream, &mut trim_at)).await? else { break };
         let out = handle_delta(app, state, &mut resp, &dump);
         let (type_url, nonce) = (std::mem::take(&mut resp.type_url), std::mem::take(&mut resp.nonce));
         drop(resp);

@@ -3,7 +3,7 @@
 use outrigger_tests::client::{get, get_h1, send_h2};
 use outrigger_tests::config::*;
 use outrigger_tests::proxy::run_to_exit;
-use outrigger_tests::{Backend, Proxy};
+use outrigger_tests::{eventually, Backend, Proxy, WAIT};
 use serde_json::json;
 
 #[tokio::test]
@@ -110,8 +110,10 @@ async fn concurrency_flag_sets_the_number_of_worker_threads() {
         let arg = format!("--concurrency={n}");
         let cfg = serde_json::to_string(&simple(&[b.addr])).unwrap();
         let p = Proxy::start_file("bootstrap.json", &cfg, &[&arg]);
-        let workers = p.thread_names().into_iter().filter(|t| t.starts_with("worker-")).count();
-        assert_eq!(workers, n, "threads: {:?}", p.thread_names());
+        // A thread takes its name once it runs (until then /proc shows the process's), which
+        // may be just after the proxy is ready: wait for the names, bounded.
+        let workers = || p.thread_names().into_iter().filter(|t| t.starts_with("worker-")).count();
+        eventually(&format!("exactly {n} threads named worker-*"), WAIT, || (workers() == n).then_some(())).await;
         let (_, info) = p.admin_get("/server_info");
         let info: serde_json::Value = serde_json::from_str(&info).unwrap();
         assert_eq!(info["command_line_options"]["concurrency"], n);

@@ -125,7 +125,10 @@ impl Snapshot {
                     old.clone()
                 }
                 (Some(old), None) => old.clone(),
-                (None, eds) => Cluster::from_shared(c.clone(), eds.map(|e| &e[..])),
+                (None, eds) => {
+                    let old = previous.and_then(|p| p.clusters.get(&*c.name));
+                    Cluster::replacing(c.clone(), eds.map(|e| &e[..]), old.map(|o| &**o))
+                }
             };
             clusters.insert(cluster.name.clone(), cluster);
         }
@@ -208,9 +211,9 @@ fn same_but_endpoints(a: &Arc<config::ClusterConfig>, b: &Arc<config::ClusterCon
         && (matches!(a.discovery, config::DiscoveryType::Eds(_)) || a.endpoints == b.endpoints)
 }
 
-fn ip_endpoint(e: &config::EndpointConfig) -> Option<(std::net::SocketAddr, u32)> {
+fn ip_endpoint(e: &config::EndpointConfig) -> Option<(std::net::SocketAddr, u32, bool)> {
     match e {
-        config::EndpointConfig::Ip { addr, weight } => Some((*addr, *weight)),
+        config::EndpointConfig::Ip { addr, weight, eds_unhealthy } => Some((*addr, *weight, *eds_unhealthy)),
         config::EndpointConfig::Dns { .. } => None,
     }
 }

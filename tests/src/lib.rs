@@ -14,6 +14,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod curl;
+pub mod faulty;
 pub mod netns;
 pub mod proxy;
 pub mod raw_upstream;
@@ -21,6 +22,7 @@ pub mod xds;
 
 pub use backend::{Backend, TcpServer};
 pub use client::Resp;
+pub use faulty::Faulty;
 pub use proxy::Proxy;
 
 use std::time::Duration;

@@ -83,14 +83,14 @@ async fn invalid_resource_is_nacked_with_its_field_and_the_old_config_keeps_serv
     let addr = p.addr("dyn");
 
     let mut bad = eds_cluster("blue");
-    bad["outlier_detection"] = json!({"consecutive_5xx": 3});
+    bad["respect_dns_ttl"] = json!(true);
     ads.set(CLUSTER, vec![bad, eds_cluster("green")]);
     let nack = eventually("a NACK for CDS", WAIT, || {
         ads.requests().into_iter().find(|r| r.type_url == CLUSTER && r.error_detail.is_some())
     })
     .await;
     let msg = nack.error_detail.unwrap().message;
-    assert!(msg.contains("cluster \"blue\"") && msg.contains("outlier_detection"), "{msg}");
+    assert!(msg.contains("cluster \"blue\"") && msg.contains("respect_dns_ttl"), "{msg}");
     // The NACK names the version still in force (the first one sent), not the rejected one.
     let sent: Vec<String> =
         ads.responses().into_iter().filter(|r| r.type_url == CLUSTER).map(|r| r.version_info).collect();

@@ -5,7 +5,9 @@
 //! and ignored" cannot come back silently.
 use super::SUPPORTED;
 
-enum Evidence {
+mod resilience;
+
+pub(super) enum Evidence {
     /// (file relative to the workspace root, test function): the test that shows the effect.
     Effect(&'static str, &'static str),
     /// Accepted and without effect on traffic, for this reason.
@@ -43,7 +45,7 @@ const API_VERSIONS: Evidence = Effect(TRANSLATE, "udp_socket_addresses_and_v2_ap
 
 const METADATA: Evidence =
     Informational("opaque to the proxy: Envoy's consumers of metadata (filters, subset balancing) are not implemented");
-const NAMED_EXTENSION: Evidence = Informational(
+pub(super) const NAMED_EXTENSION: Evidence = Informational(
     "a label next to typed_config, which selects the extension (by type URL); without typed_config only the router \
      and tls_inspector names are accepted, as Envoy's deprecated lookup by name",
 );
@@ -465,7 +467,7 @@ fn every_allowed_field_has_its_effect_tested_or_is_informational_with_a_reason()
     }
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for (key, evidence) in EVIDENCE {
+    for (key, evidence) in EVIDENCE.iter().chain(resilience::EVIDENCE) {
         if !seen.insert(key.to_string()) {
             problems.push(format!("{key}: listed twice"));
         }

@@ -186,6 +186,24 @@ fn listeners(app: &App, as_json: bool) -> Response<Full<Bytes>> {
     text(StatusCode::OK, bound.iter().map(|(n, a)| format!("{n}::{a}\n")).collect::<String>())
 }
 
+/// Envoy's `/clusters` health flags.
+fn health_flags(e: &crate::upstream::Endpoint) -> String {
+    let mut f = String::new();
+    if e.health.hc_failed.load(std::sync::atomic::Ordering::Relaxed) {
+        f.push_str("/failed_active_hc");
+    }
+    if e.health.is_ejected() {
+        f.push_str("/failed_outlier_check");
+    }
+    if e.eds_unhealthy {
+        f.push_str("/failed_eds_health");
+    }
+    if f.is_empty() {
+        f.push_str("healthy");
+    }
+    f
+}
+
 fn clusters(app: &App) -> Response<Full<Bytes>> {
     let snap = app.live.load();
     let mut names: Vec<&Arc<str>> = snap.clusters.keys().collect();
@@ -200,7 +218,7 @@ fn clusters(app: &App) -> Response<Full<Bytes>> {
                 "{n}::{a}::rq_active::{}\n",
                 e.active_requests.load(std::sync::atomic::Ordering::Relaxed)
             ));
-            out.push_str(&format!("{n}::{a}::health_flags::healthy\n"));
+            out.push_str(&format!("{n}::{a}::health_flags::{}\n", health_flags(e)));
         }
     }
     text(StatusCode::OK, out)

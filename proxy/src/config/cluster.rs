@@ -37,13 +37,12 @@ pub enum EndpointConfig {
     Ip {
         addr: SocketAddr,
         weight: u32,
+        /// EDS `health_status` UNHEALTHY, DRAINING or TIMEOUT: kept (with its runtime state)
+        /// but given no traffic.
+        eds_unhealthy: bool,
     },
     /// STRICT_DNS: resolved now and every `dns_refresh_rate`.
-    Dns {
-        host: String,
-        port: u16,
-        weight: u32,
-    },
+    Dns { host: String, port: u16, weight: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +60,80 @@ pub struct ClusterConfig {
     pub idle_timeout: Option<Duration>,
     /// EDS `initial_fetch_timeout`: after it, the cluster is used without endpoints.
     pub eds_fetch_timeout: Option<Duration>,
+    pub circuit_breakers: CircuitBreakers,
+    pub outlier: Option<OutlierDetection>,
+    /// `common_lb_config.healthy_panic_threshold` (percent, default 50): below this share of
+    /// available endpoints, every endpoint gets traffic again.
+    pub panic_threshold: f64,
+    /// `common_http_protocol_options.max_requests_per_connection`.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// `circuit_breakers.thresholds` (DEFAULT priority), Envoy's defaults when unset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitBreakers {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
+    pub max_requests: u64,
+    pub max_retries: u64,
+    pub track_remaining: bool,
+    /// `retry_budget`: (budget_percent, min_retry_concurrency).
+    pub retry_budget: Option<(f64, u32)>,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+            retry_budget: None,
+        }
+    }
+}
+
+/// `outlier_detection`, with Envoy's defaults for what is unset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_5xx: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    pub split_external_local_origin_errors: bool,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    pub success_rate_stdev_factor: u32,
+    pub enforcing_success_rate: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_5xx: 100,
+            enforcing_consecutive_gateway_failure: 0,
+            enforcing_consecutive_local_origin_failure: 100,
+            split_external_local_origin_errors: false,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            enforcing_success_rate: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

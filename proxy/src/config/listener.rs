@@ -93,6 +93,8 @@ pub enum AccessLogSink {
 #[derive(Debug, Clone)]
 pub struct HttpConnManagerConfig {
     pub stat_prefix: String,
+    /// The HTTP filters before the router, in order.
+    pub http_filters: Vec<crate::http::filters::Configured>,
     pub codec: Codec,
     pub routes: RouteSource,
     /// RDS `initial_fetch_timeout`: after it, the listener serves with an empty route table.

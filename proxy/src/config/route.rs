@@ -167,6 +167,27 @@ pub struct Route {
     pub query: Vec<QueryMatch>,
     pub grpc: bool,
     pub action: Action,
+    /// `typed_per_filter_config`, compiled: (filter name, that filter's config).
+    pub per_filter: PerFilter,
+}
+
+/// Per-route filter configs, each downcast by the filter it belongs to.
+#[derive(Default)]
+pub struct PerFilter(pub Box<[(Box<str>, PerFilterConfig)]>);
+
+/// One filter's per-route config, as that filter compiled it.
+pub type PerFilterConfig = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+impl PerFilter {
+    pub fn get(&self, filter: &str) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        self.0.iter().find(|(n, _)| **n == *filter).map(|(_, c)| &**c)
+    }
+}
+
+impl std::fmt::Debug for PerFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(n, _)| n)).finish()
+    }
 }
 
 #[derive(Debug)]
@@ -257,6 +278,83 @@ pub struct RouteAction {
     /// Route-level CONNECT termination (`upgrade_configs[].connect_config`): the proxy answers 200 and
     /// opens a TCP connection to the cluster itself.
     pub terminate_connect: bool,
+    pub retry: Option<Box<RetryPolicy>>,
+    /// `request_mirror_policies`.
+    pub mirrors: Box<[Mirror]>,
+    /// How much of a request body is kept to send it again (a retry, a shadow):
+    /// `per_request_buffer_limit_bytes`, Envoy's 1 MiB connection buffer when unset.
+    pub buffer_limit: usize,
+    /// The virtual host's `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
+    pub attempt_count_header: bool,
+}
+
+/// `retry_policy`, compiled.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub on: RetryOn,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub per_try_idle_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    /// `retriable_headers`: a response with any of these is retried (`retriable-headers`).
+    pub retriable_headers: Vec<HeaderMatch>,
+    pub back_off_base: Duration,
+    pub back_off_max: Duration,
+    /// `retry_host_predicate` previous_hosts: a retry avoids the endpoints already tried.
+    pub previous_hosts: bool,
+    pub host_selection_max_attempts: u32,
+}
+
+/// The `retry_on` conditions, as bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(pub u32);
+
+impl RetryOn {
+    pub const X5XX: u32 = 1;
+    pub const GATEWAY_ERROR: u32 = 1 << 1;
+    pub const RESET: u32 = 1 << 2;
+    pub const CONNECT_FAILURE: u32 = 1 << 3;
+    pub const REFUSED_STREAM: u32 = 1 << 4;
+    pub const RETRIABLE_4XX: u32 = 1 << 5;
+    pub const RETRIABLE_STATUS_CODES: u32 = 1 << 6;
+    pub const RETRIABLE_HEADERS: u32 = 1 << 7;
+    pub const GRPC_CANCELLED: u32 = 1 << 8;
+    pub const GRPC_DEADLINE_EXCEEDED: u32 = 1 << 9;
+    pub const GRPC_RESOURCE_EXHAUSTED: u32 = 1 << 10;
+    pub const GRPC_UNAVAILABLE: u32 = 1 << 11;
+    pub const GRPC_INTERNAL: u32 = 1 << 12;
+
+    /// Envoy's names, as in `retry_on` (comma-separated).
+    pub const NAMES: [(&'static str, u32); 13] = [
+        ("5xx", Self::X5XX),
+        ("gateway-error", Self::GATEWAY_ERROR),
+        ("reset", Self::RESET),
+        ("connect-failure", Self::CONNECT_FAILURE),
+        ("refused-stream", Self::REFUSED_STREAM),
+        ("retriable-4xx", Self::RETRIABLE_4XX),
+        ("retriable-status-codes", Self::RETRIABLE_STATUS_CODES),
+        ("retriable-headers", Self::RETRIABLE_HEADERS),
+        ("cancelled", Self::GRPC_CANCELLED),
+        ("deadline-exceeded", Self::GRPC_DEADLINE_EXCEEDED),
+        ("resource-exhausted", Self::GRPC_RESOURCE_EXHAUSTED),
+        ("unavailable", Self::GRPC_UNAVAILABLE),
+        ("internal", Self::GRPC_INTERNAL),
+    ];
+
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// One `request_mirror_policies` entry.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: String,
+    /// `runtime_fraction.default_value`: numerator out of denominator.
+    pub numerator: u32,
+    pub denominator: u32,
+    /// `disable_shadow_host_suffix_append`: keep the authority as is (else `-shadow` is added).
+    pub keep_host: bool,
 }
 
 #[derive(Debug)]

@@ -2,15 +2,14 @@
 //! local body. The upstream variant carries a guard that returns the HTTP/1.1 connection to its
 //! pool only once the body has been read to the end (a half-read connection is never reused).
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::forward::InFlight;
 use super::upstream::PoolReturn;
-use crate::upstream::Endpoint;
 
 pub enum ProxyBody {
     Upstream { body: Incoming, done: Option<StreamDone> },
@@ -30,7 +29,8 @@ impl ProxyBody {
 /// Work to do when the upstream response has been fully relayed (or abandoned).
 pub struct StreamDone {
     pub pool: Option<PoolReturn>,
-    pub endpoint: Option<Arc<Endpoint>>,
+    /// Counts the request as active on its endpoint and cluster until the response is done.
+    pub flight: Option<InFlight>,
     pub log: Option<Box<super::router::LogRecord>>,
     pub bytes_sent: u64,
     pub complete: bool,
@@ -38,9 +38,7 @@ pub struct StreamDone {
 
 impl Drop for StreamDone {
     fn drop(&mut self) {
-        if let Some(e) = &self.endpoint {
-            e.active_requests.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.flight.take();
         if self.complete {
             if let Some(p) = self.pool.take() {
                 p.give_back();

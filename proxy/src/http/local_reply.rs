@@ -27,6 +27,16 @@ pub enum Flag {
     DownstreamProtocolError,
     /// UPE: upstream protocol error.
     UpstreamProtocolError,
+    /// UR too: the upstream HTTP/2 server refused the stream (REFUSED_STREAM).
+    UpstreamRefusedStream,
+    /// UO: upstream overflow (a circuit breaker is open).
+    UpstreamOverflow,
+    /// FI: the fault filter aborted the request.
+    FaultInjected,
+    /// DI: the fault filter delayed the request.
+    DelayInjected,
+    /// URX: the retries (or connect attempts) ran out.
+    RetryLimitExceeded,
 }
 
 impl Flag {
@@ -43,6 +53,11 @@ impl Flag {
             Flag::DownstreamTermination => "DC",
             Flag::DownstreamProtocolError => "DPE",
             Flag::UpstreamProtocolError => "UPE",
+            Flag::UpstreamRefusedStream => "UR",
+            Flag::UpstreamOverflow => "UO",
+            Flag::FaultInjected => "FI",
+            Flag::DelayInjected => "DI",
+            Flag::RetryLimitExceeded => "URX",
         }
     }
 
@@ -65,9 +80,21 @@ impl Flag {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
             ),
+            Flag::UpstreamRefusedStream => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset",
+            ),
             Flag::UpstreamProtocolError => (StatusCode::BAD_GATEWAY, "upstream sent an invalid response"),
             Flag::DownstreamProtocolError => (StatusCode::BAD_REQUEST, "Bad Request"),
-            Flag::None | Flag::DownstreamTermination => (StatusCode::INTERNAL_SERVER_ERROR, ""),
+            Flag::UpstreamOverflow => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
+            Flag::None
+            | Flag::DownstreamTermination
+            | Flag::FaultInjected
+            | Flag::DelayInjected
+            | Flag::RetryLimitExceeded => (StatusCode::INTERNAL_SERVER_ERROR, ""),
         }
     }
 }
@@ -83,5 +110,9 @@ pub fn response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 
 pub fn for_flag(flag: Flag) -> Response<ProxyBody> {
     let (s, b) = flag.reply();
-    response(s, b)
+    let mut r = response(s, b);
+    if flag == Flag::UpstreamOverflow {
+        r.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    }
+    r
 }

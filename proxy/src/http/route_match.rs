@@ -1,7 +1,7 @@
 //! Virtual host and route selection, with Envoy's semantics.
 use http::{HeaderMap, Method};
 
-use crate::config::route::HeaderKey;
+use crate::config::route::{HeaderKey, HeaderMatch};
 use crate::config::{PathMatch, Route, RouteTable, VirtualHost};
 
 /// The parts of a request that routing looks at.
@@ -120,25 +120,7 @@ fn full_match(r: &Route, input: &RouteInput<'_>) -> bool {
                 return matched != hm.invert;
             }
         };
-        let values = input.headers.get_all(name);
-        let mut it = values.iter().peekable();
-        let matched = match &hm.matcher {
-            None => it.peek().is_some() == hm.present,
-            Some(m) => {
-                // Envoy joins repeated headers with ',' before matching.
-                let joined: Option<String> = if values.iter().count() > 1 {
-                    Some(values.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(","))
-                } else {
-                    None
-                };
-                match (joined, values.iter().next()) {
-                    (Some(j), _) => m.matches(&j),
-                    (None, Some(v)) => v.to_str().is_ok_and(|v| m.matches(v)),
-                    (None, None) => false,
-                }
-            }
-        };
-        matched != hm.invert
+        header_value_matches(hm, name, input.headers)
     }) && r.query.iter().all(|qm| {
         let q = input.query.unwrap_or("");
         let found = q.split('&').find_map(|kv| {
@@ -151,6 +133,37 @@ fn full_match(r: &Route, input: &RouteInput<'_>) -> bool {
             (Some(_), None) => false,
         }
     })
+}
+
+/// Whether a header matcher on a regular header (not a pseudo-header) holds for `headers`; for
+/// a pseudo-header matcher, false.
+pub fn header_matches(hm: &HeaderMatch, headers: &http::HeaderMap) -> bool {
+    match &hm.name {
+        HeaderKey::Header(n) => header_value_matches(hm, n, headers),
+        _ => false,
+    }
+}
+
+fn header_value_matches(hm: &HeaderMatch, name: &http::HeaderName, headers: &http::HeaderMap) -> bool {
+    let values = headers.get_all(name);
+    let mut it = values.iter().peekable();
+    let matched = match &hm.matcher {
+        None => it.peek().is_some() == hm.present,
+        Some(m) => {
+            // Envoy joins repeated headers with ',' before matching.
+            let joined: Option<String> = if values.iter().count() > 1 {
+                Some(values.iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(","))
+            } else {
+                None
+            };
+            match (joined, values.iter().next()) {
+                (Some(j), _) => m.matches(&j),
+                (None, Some(v)) => v.to_str().is_ok_and(|v| m.matches(v)),
+                (None, None) => false,
+            }
+        }
+    };
+    matched != hm.invert
 }
 
 fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {

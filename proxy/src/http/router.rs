@@ -13,9 +13,10 @@ use hyper::body::Incoming;
 
 use super::body::{ProxyBody, StreamDone};
 use super::local_reply::{self, Flag};
+use super::request_body::Tee;
 use super::route_match::{self, RouteInput};
-use super::upstream::{self, Wire};
-use super::{headers, smuggling, upgrade};
+use super::upstream::{BodySource, Outgoing, Wire};
+use super::{filters, forward, headers, mirror, smuggling, upgrade};
 use crate::config::{Action, PathMatch, Redirect, Route, RouteAction, UpstreamProtocol};
 use crate::snapshot::{HttpManager, Snapshot};
 use crate::telemetry::access_log::{now_rfc3339, Entry, Logger};
@@ -97,13 +98,15 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
     let ticket = ctx.gate.start();
     let is_connect = req.method() == Method::CONNECT;
     let mut log = hcm.log.as_ref().map(|l| Box::new(LogRecord::new(l.clone(), &ctx, &req)));
+    let mut flags = Vec::new();
+    let mut held = filters::Held::default();
     let result = if ticket.refused() {
         tracing::debug!(peer = %ctx.peer, "rejected ambiguous or invalid request framing");
         Err(Flag::DownstreamProtocolError)
     } else {
-        proxy(&ctx, req, &mut log).await
+        proxy(&ctx, req, &mut log, &mut flags, &mut held).await
     };
-    let resp = match result {
+    let mut resp = match result {
         Ok(r) => r,
         Err(flag) => {
             let mut r = local_reply::for_flag(flag);
@@ -111,12 +114,17 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
                 // What follows a framing error cannot be parsed: the connection ends here.
                 r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            if let Some(l) = log.as_mut() {
-                l.entry.response_flags = flag.as_str().into();
-            }
+            flags.insert(0, flag);
             r
         }
     };
+    filters::response_phase(&hcm.config.http_filters, &mut resp, &mut held);
+    drop(held);
+    if let Some(l) = log.as_mut() {
+        if !flags.is_empty() {
+            l.entry.response_flags = flags.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",");
+        }
+    }
     // hyper switches the connection to a tunnel exactly on these answers.
     let status = resp.status();
     ticket.finish(status == StatusCode::SWITCHING_PROTOCOLS || (is_connect && status.is_success()));
@@ -167,6 +175,8 @@ async fn proxy(
     ctx: &ConnCtx,
     mut req: Request<Incoming>,
     log: &mut Option<Box<LogRecord>>,
+    flags: &mut Vec<Flag>,
+    held: &mut filters::Held,
 ) -> Result<Response<ProxyBody>, Flag> {
     let cfg = &ctx.hcm.config;
     let Some(host) = host_of(&req).map(str::to_string) else {
@@ -196,10 +206,18 @@ async fn proxy(
         Some(name) => snap.rds.get(name).unwrap_or(&ctx.hcm.routes),
         None => &ctx.hcm.routes,
     };
-    let Some(route) = route_match::select(routes, &input) else { return Err(Flag::NoRoute) };
-    if let Some(l) = log.as_mut() {
-        l.entry.route_name = Some(route.name.clone());
+    let route = route_match::select(routes, &input);
+    if let (Some(l), Some(r)) = (log.as_mut(), route) {
+        l.entry.route_name = Some(r.name.clone());
     }
+    // The filters see the request before the router acts on the route (as in Envoy, where a
+    // filter may answer before the router runs).
+    if !cfg.http_filters.is_empty() {
+        if let Some(r) = filters::request_phase(&cfg.http_filters, &mut req, route, flags, held).await {
+            return Ok(r);
+        }
+    }
+    let Some(route) = route else { return Err(Flag::NoRoute) };
     let action = match &route.action {
         Action::Direct { status, body } => {
             let mut r = Response::new(ProxyBody::full(body.clone()));
@@ -216,22 +234,12 @@ async fn proxy(
     let cluster_name = action.target.pick();
     let Some(cluster) = snap.clusters.get(cluster_name) else {
         // The status is the route's cluster_not_found_response_code; the flag is always NC.
-        if let Some(l) = log.as_mut() {
-            l.entry.response_flags = Flag::NoCluster.as_str().into();
-        }
+        flags.push(Flag::NoCluster);
         return Ok(local_reply::response(action.cluster_not_found, ""));
     };
     if let Some(l) = log.as_mut() {
         l.entry.upstream_cluster = Some(cluster_name.to_string());
     }
-    let Some(ep) = cluster.pick_for(ctx.original_dst) else {
-        cluster.stats.none_healthy.inc();
-        return Err(Flag::NoHealthyUpstream);
-    };
-    if let Some(l) = log.as_mut() {
-        l.entry.upstream_host = Some(ep.addr.to_string());
-    }
-    cluster.stats.rq.inc();
 
     // Request headers as the upstream must see them.
     let downstream_version = req.version();
@@ -248,6 +256,14 @@ async fn proxy(
     rewrite(&mut req, route, action, &host);
 
     if upgrade.is_some() || is_connect {
+        let Some(ep) = cluster.pick_for(ctx.original_dst) else {
+            cluster.stats.none_healthy.inc();
+            return Err(Flag::NoHealthyUpstream);
+        };
+        if let Some(l) = log.as_mut() {
+            l.entry.upstream_host = Some(ep.addr.to_string());
+        }
+        cluster.stats.rq.inc();
         let r = upgrade::tunnel(cluster, &ep, req, action.terminate_connect && is_connect).await;
         if let Ok(resp) = &r {
             cluster.stats.response(resp.status().as_u16());
@@ -263,24 +279,45 @@ async fn proxy(
     };
     prepare_uri(&mut req, wire, &host);
 
-    ep.active_requests.fetch_add(1, Ordering::Relaxed);
-    let mut done = StreamDone { pool: None, endpoint: Some(ep.clone()), log: None, bytes_sent: 0, complete: false };
-    let sent = upstream::send(cluster, &ep, wire, req);
-    let result = match action.timeout {
-        Some(t) => match tokio::time::timeout(t, sent).await {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.stats.rq_timeout.inc();
-                Err(Flag::UpstreamTimeout)
-            }
-        },
-        None => sent.await,
+    let (parts, body) = req.into_parts();
+    let body = if body.is_end_stream() {
+        BodySource::Empty
+    } else if action.retry.is_some() || !action.mirrors.is_empty() {
+        BodySource::Tee(Tee::new(body, action.buffer_limit))
+    } else {
+        BodySource::Once(Some(body))
     };
-    let (mut resp, pool) = result?;
+    for m in action.mirrors.iter() {
+        let Some(shadow) = snap.clusters.get(m.cluster.as_str()).filter(|_| mirror::sampled(m)) else { continue };
+        let copy = mirror::Copy {
+            method: &parts.method,
+            uri: &parts.uri,
+            version: parts.version,
+            headers: &parts.headers,
+            host: &host,
+            body: match &body {
+                BodySource::Tee(t) => Some(t.clone()),
+                _ => None,
+            },
+        };
+        let shadow_wire = if shadow.config.protocol == UpstreamProtocol::Http2 { Wire::Http2 } else { Wire::Http1 };
+        mirror::spawn(m, shadow.clone(), shadow_wire, copy, action.timeout);
+    }
+    let mut out =
+        Outgoing { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers, body };
+    let sent = forward::forward(cluster, action, wire, &mut out, ctx.original_dst).await;
+    if let (Some(l), Some(h)) = (log.as_mut(), sent.upstream_host) {
+        l.entry.upstream_host = Some(h.to_string());
+    }
+    if sent.exhausted {
+        flags.push(Flag::RetryLimitExceeded);
+    }
+    let fw = sent.result?;
+    let mut resp = fw.resp;
     *resp.version_mut() = downstream_version;
     cluster.stats.response(resp.status().as_u16());
     headers::remove_hop_by_hop(resp.headers_mut(), false);
-    done.pool = pool;
+    let mut done = StreamDone { pool: fw.pool, flight: Some(fw.flight), log: None, bytes_sent: 0, complete: false };
     if resp.body().is_end_stream() {
         done.complete = true;
     }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(String, String)>;
 
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -80,6 +80,21 @@ impl Metrics {
             );
         }
         m
+    }
+
+    /// A labelled counter family, registered now: for series an extension owns (call once,
+    /// e.g. from a `OnceLock`).
+    pub fn counter_family(&self, name: &str, help: &str) -> Family<Labels, Counter> {
+        let f = Family::<Labels, Counter>::default();
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).register(name, help, f.clone());
+        f
+    }
+
+    /// As [`Metrics::counter_family`], for a gauge.
+    pub fn gauge_family(&self, name: &str, help: &str) -> Family<Labels, Gauge> {
+        let f = Family::<Labels, Gauge>::default();
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).register(name, help, f.clone());
+        f
     }
 
     pub fn xds_update(&self, kind: &str, accepted: bool) {
@@ -178,6 +193,11 @@ impl Count {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    pub fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A gauge as one atomic.
@@ -194,23 +214,176 @@ impl Level {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
-/// A cluster's counters: ~120 bytes of atomics, kept by name for the life of the process (as
-/// Envoy keeps stats across config updates) rather than as a dozen labelled registry series.
-#[derive(Debug, Default)]
-pub struct ClusterCounters {
-    pub rq: Count,
-    pub rq_xx: [Count; 5],
-    pub cx: Count,
-    pub cx_active: Level,
-    pub connect_fail: Count,
-    pub connect_timeout: Count,
-    pub rq_timeout: Count,
-    pub none_healthy: Count,
+/// Declares the cluster series once: the struct field, its Prometheus name and help. Rendering
+/// walks the same table, so a new counter is one line here.
+macro_rules! cluster_series {
+    (
+        counters { $($c:ident => $cname:literal, $chelp:literal;)* }
+        gauges { $($g:ident => $gname:literal, $ghelp:literal;)* }
+    ) => {
+        /// A cluster's series as plain atomics, kept by name for the life of the process (as Envoy
+        /// keeps stats across config updates) rather than as labelled registry series: a mesh has
+        /// tens of thousands of clusters.
+        #[derive(Debug, Default)]
+        pub struct ClusterCounters {
+            $(pub $c: Count,)*
+            $(pub $g: Level,)*
+            pub rq_xx: [Count; 5],
+            /// The circuit-breaker thresholds of the cluster's current config, for the
+            /// `remaining_*` gauges (set when a cluster of this name is built).
+            pub limits: Limits,
+            /// Woken when a connection is returned or closed while requests are pending.
+            pub freed: tokio::sync::Notify,
+        }
+
+        const COUNTERS: &[(&str, &str, fn(&ClusterCounters) -> u64)] = &[$(($cname, $chelp, |c| c.$c.get()),)*];
+        const GAUGES: &[(&str, &str, fn(&ClusterCounters) -> i64)] = &[$(($gname, $ghelp, |c| c.$g.get()),)*];
+    };
 }
+
+cluster_series! {
+    counters {
+        rq => "envoy_cluster_upstream_rq", "Upstream requests";
+        cx => "envoy_cluster_upstream_cx", "Upstream connections opened";
+        connect_fail => "envoy_cluster_upstream_cx_connect_fail", "Upstream connect failures";
+        connect_timeout => "envoy_cluster_upstream_cx_connect_timeout", "Upstream connect timeouts";
+        rq_timeout => "envoy_cluster_upstream_rq_timeout", "Upstream requests that timed out";
+        rq_per_try_timeout => "envoy_cluster_upstream_rq_per_try_timeout", "Upstream attempts that hit the per-try timeout";
+        none_healthy => "envoy_cluster_upstream_cx_none_healthy", "Requests with no healthy upstream";
+        cx_overflow => "envoy_cluster_upstream_cx_overflow", "Connections not opened because of max_connections";
+        rq_pending_total => "envoy_cluster_upstream_rq_pending", "Requests that waited for a connection";
+        rq_pending_overflow => "envoy_cluster_upstream_rq_pending_overflow", "Requests refused by max_pending_requests or max_requests";
+        rq_retry => "envoy_cluster_upstream_rq_retry", "Retries sent";
+        rq_retry_success => "envoy_cluster_upstream_rq_retry_success", "Retries that succeeded";
+        rq_retry_overflow => "envoy_cluster_upstream_rq_retry_overflow", "Retries refused by max_retries or the retry budget";
+        rq_retry_limit_exceeded => "envoy_cluster_upstream_rq_retry_limit_exceeded", "Requests whose retries ran out";
+        rq_retry_backoff => "envoy_cluster_upstream_rq_retry_backoff_exponential", "Retries that waited a backoff";
+        rq_reset_before_response => "envoy_cluster_upstream_rq_reset_before_response_resent", "Requests sent again after a reused connection closed before answering";
+        lb_healthy_panic => "envoy_cluster_lb_healthy_panic", "Picks made in panic mode (too few healthy endpoints)";
+        ejections_enforced => "envoy_cluster_outlier_detection_ejections_enforced", "Ejections enforced";
+        ejections_overflow => "envoy_cluster_outlier_detection_ejections_overflow", "Ejections refused by max_ejection_percent";
+        ejections_detected_5xx => "envoy_cluster_outlier_detection_ejections_detected_consecutive_5xx", "Consecutive 5xx detected";
+        ejections_enforced_5xx => "envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx", "Consecutive 5xx ejections enforced";
+        ejections_detected_gw => "envoy_cluster_outlier_detection_ejections_detected_consecutive_gateway_failure", "Consecutive gateway failures detected";
+        ejections_enforced_gw => "envoy_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure", "Consecutive gateway-failure ejections enforced";
+        ejections_detected_local => "envoy_cluster_outlier_detection_ejections_detected_consecutive_local_origin_failure", "Consecutive local-origin failures detected";
+        ejections_enforced_local => "envoy_cluster_outlier_detection_ejections_enforced_consecutive_local_origin_failure", "Consecutive local-origin ejections enforced";
+        ejections_detected_sr => "envoy_cluster_outlier_detection_ejections_detected_success_rate", "Success-rate outliers detected";
+        ejections_enforced_sr => "envoy_cluster_outlier_detection_ejections_enforced_success_rate", "Success-rate ejections enforced";
+        health_check_attempt => "envoy_cluster_health_check_attempt", "Active health checks sent";
+        health_check_success => "envoy_cluster_health_check_success", "Active health checks passed";
+        health_check_failure => "envoy_cluster_health_check_failure", "Active health checks failed";
+        shadow_sent => "envoy_cluster_upstream_rq_shadow", "Mirrored requests sent to this cluster";
+        shadow_overflow => "envoy_cluster_upstream_rq_shadow_overflow", "Mirrored requests dropped (in-flight or body bound)";
+    }
+    gauges {
+        cx_active => "envoy_cluster_upstream_cx_active", "Active upstream connections";
+        rq_active => "envoy_cluster_upstream_rq_active", "Active upstream requests";
+        rq_pending_active => "envoy_cluster_upstream_rq_pending_active", "Requests waiting for a connection";
+        rq_retry_active => "envoy_cluster_upstream_rq_retry_active", "Retries in flight";
+        ejections_active => "envoy_cluster_outlier_detection_ejections_active", "Endpoints ejected now";
+        membership_healthy => "envoy_cluster_membership_healthy", "Endpoints that may receive traffic";
+        membership_total => "envoy_cluster_membership_total", "Endpoints";
+    }
+}
+
+/// A request waiting for a connection; counted until dropped.
+pub struct Pending<'a>(&'a ClusterCounters);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.rq_pending_active.dec();
+    }
+}
+
+/// Circuit-breaker thresholds (Envoy's DEFAULT priority), mirrored from the cluster config.
+#[derive(Debug)]
+pub struct Limits {
+    pub max_connections: AtomicU64,
+    pub max_pending: AtomicU64,
+    pub max_requests: AtomicU64,
+    pub max_retries: AtomicU64,
+    /// `track_remaining`: export the `remaining_*` gauges.
+    pub track_remaining: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: AtomicU64::new(1024),
+            max_pending: AtomicU64::new(1024),
+            max_requests: AtomicU64::new(1024),
+            max_retries: AtomicU64::new(3),
+            track_remaining: Default::default(),
+        }
+    }
+}
+
+/// The circuit-breaker gauges, computed from the live counts and the thresholds when rendered:
+/// (resource, open gauge, remaining gauge, count, limit).
+type Breaker = (&'static str, &'static str, fn(&ClusterCounters) -> i64, fn(&Limits) -> u64);
+const BREAKERS: [Breaker; 4] = [
+    ("cx_open", "remaining_cx", |c| c.cx_active.get(), |l| l.max_connections.load(Ordering::Relaxed)),
+    ("rq_pending_open", "remaining_pending", |c| c.rq_pending_active.get(), |l| l.max_pending.load(Ordering::Relaxed)),
+    ("rq_open", "remaining_rq", |c| c.rq_active.get(), |l| l.max_requests.load(Ordering::Relaxed)),
+    ("rq_retry_open", "remaining_retries", |c| c.rq_retry_active.get(), |l| l.max_retries.load(Ordering::Relaxed)),
+];
 
 impl ClusterCounters {
+    /// Takes the thresholds of the cluster's current config.
+    pub fn set_limits(&self, cb: &crate::config::cluster::CircuitBreakers) {
+        let l = &self.limits;
+        l.max_connections.store(cb.max_connections, Ordering::Relaxed);
+        l.max_pending.store(cb.max_pending_requests, Ordering::Relaxed);
+        l.max_requests.store(cb.max_requests, Ordering::Relaxed);
+        l.max_retries.store(cb.max_retries, Ordering::Relaxed);
+        l.track_remaining.store(cb.track_remaining, Ordering::Relaxed);
+    }
+
+    pub fn at_max_connections(&self) -> bool {
+        self.cx_active.get().max(0) as u64 >= self.limits.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// `max_requests`: whether one more request would go over it.
+    pub fn at_max_requests(&self) -> bool {
+        self.rq_active.get().max(0) as u64 >= self.limits.max_requests.load(Ordering::Relaxed)
+    }
+
+    /// Makes the request a pending one, unless `max_pending_requests` are waiting already.
+    pub fn begin_pending(&self) -> Option<Pending<'_>> {
+        if self.rq_pending_active.get().max(0) as u64 >= self.limits.max_pending.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.rq_pending_total.inc();
+        self.rq_pending_active.inc();
+        Some(Pending(self))
+    }
+
+    /// Waits until `ready()` holds, rechecked whenever a connection is freed.
+    pub async fn wait_for_connection(&self, ready: impl Fn() -> bool) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if ready() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// A connection went back to a pool or closed: wake pending requests, if any.
+    pub fn connection_freed(&self) {
+        if self.rq_pending_active.get() > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
     pub fn response(&self, status: u16) {
         if let Some(c) = self.rq_xx.get((status / 100).wrapping_sub(1) as usize) {
             c.inc();
@@ -252,43 +425,50 @@ fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// (name, help, read): one counter family of the cluster series.
-type CounterFamily = (&'static str, &'static str, fn(&ClusterCounters) -> u64);
-
 fn render_clusters(out: &mut String) {
     use std::fmt::Write;
     let map = clusters().lock().unwrap_or_else(|e| e.into_inner());
-    let counters: [CounterFamily; 7] = [
-        ("envoy_cluster_upstream_rq", "Upstream requests", |c| c.rq.get()),
-        ("envoy_cluster_upstream_cx", "Upstream connections opened", |c| c.cx.get()),
-        ("envoy_cluster_upstream_cx_connect_fail", "Upstream connect failures", |c| c.connect_fail.get()),
-        ("envoy_cluster_upstream_cx_connect_timeout", "Upstream connect timeouts", |c| c.connect_timeout.get()),
-        ("envoy_cluster_upstream_rq_timeout", "Upstream request timeouts", |c| c.rq_timeout.get()),
-        ("envoy_cluster_upstream_cx_none_healthy", "Requests with no healthy upstream", |c| c.none_healthy.get()),
-        ("envoy_cluster_upstream_rq_xx", "Upstream responses by class", |_| 0),
-    ];
-    for (name, help, get) in counters {
+    for (name, help, get) in COUNTERS {
         let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
         for (cluster, c) in map.iter() {
-            let label = escape_label(cluster);
-            if name == "envoy_cluster_upstream_rq_xx" {
-                for (i, v) in c.rq_xx.iter().enumerate() {
-                    let class = i + 1;
-                    let _ = writeln!(
-                        out,
-                        "{name}_total{{envoy_cluster_name=\"{label}\",envoy_response_code_class=\"{class}\"}} {}",
-                        v.get()
-                    );
-                }
-            } else {
-                let _ = writeln!(out, "{name}_total{{envoy_cluster_name=\"{label}\"}} {}", get(c));
-            }
+            let _ = writeln!(out, "{name}_total{{envoy_cluster_name=\"{}\"}} {}", escape_label(cluster), get(c));
         }
     }
-    let name = "envoy_cluster_upstream_cx_active";
-    let _ = writeln!(out, "# HELP {name} Active upstream connections.\n# TYPE {name} gauge");
+    let name = "envoy_cluster_upstream_rq_xx";
+    let _ = writeln!(out, "# HELP {name} Upstream responses by class.\n# TYPE {name} counter");
     for (cluster, c) in map.iter() {
-        let _ = writeln!(out, "{name}{{envoy_cluster_name=\"{}\"}} {}", escape_label(cluster), c.cx_active.get());
+        let label = escape_label(cluster);
+        for (i, v) in c.rq_xx.iter().enumerate() {
+            let class = i + 1;
+            let _ = writeln!(
+                out,
+                "{name}_total{{envoy_cluster_name=\"{label}\",envoy_response_code_class=\"{class}\"}} {}",
+                v.get()
+            );
+        }
+    }
+    for (name, help, get) in GAUGES {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} gauge");
+        for (cluster, c) in map.iter() {
+            let _ = writeln!(out, "{name}{{envoy_cluster_name=\"{}\"}} {}", escape_label(cluster), get(c));
+        }
+    }
+    for (open, remaining, count, limit) in BREAKERS {
+        for (gauge, is_open) in [(open, true), (remaining, false)] {
+            let name = format!("envoy_cluster_circuit_breakers_default_{gauge}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (cluster, c) in map.iter() {
+                let (used, max) = (count(c).max(0) as u64, limit(&c.limits));
+                let v = if is_open {
+                    u64::from(used >= max)
+                } else if c.limits.track_remaining.load(Ordering::Relaxed) {
+                    max.saturating_sub(used)
+                } else {
+                    continue;
+                };
+                let _ = writeln!(out, "{name}{{envoy_cluster_name=\"{}\"}} {v}", escape_label(cluster));
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 
 use super::{decode_any, duration, ConfigError, Ctx};
-use crate::config::cluster::DnsFamily;
+use crate::config::cluster::{CircuitBreakers, DnsFamily, OutlierDetection};
 use crate::config::{ClusterConfig, DiscoveryType, EndpointConfig, LbPolicy, UpstreamProtocol};
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -104,6 +104,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         }
     }
     let mut idle_timeout = Some(Duration::from_secs(3600));
+    let mut max_requests_per_connection = None;
     for (key, any) in &c.typed_extension_protocol_options {
         let octx = ctx.field(&format!("typed_extension_protocol_options[{key}]"));
         if key != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
@@ -119,6 +120,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
             if common.idle_timeout.is_some() {
                 idle_timeout = duration(&common.idle_timeout).filter(|d| !d.is_zero());
             }
+            max_requests_per_connection = common.max_requests_per_connection.map(|v| v.value).filter(|v| *v > 0);
         }
         match &opts.upstream_protocol_options {
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
@@ -172,7 +174,18 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         Some(la) => translate_endpoints(&ctx.field("load_assignment"), la, &discovery)?,
         None => Vec::new(),
     };
+    let circuit_breakers = circuit_breakers(&ctx.field("circuit_breakers"), c)?;
+    let outlier = c.outlier_detection.as_ref().map(|o| outlier(&ctx.field("outlier_detection"), o)).transpose()?;
+    let panic_threshold = match c.common_lb_config.as_ref().and_then(|l| l.healthy_panic_threshold) {
+        None => 50.0,
+        Some(p) if (0.0..=100.0).contains(&p.value) => p.value,
+        Some(_) => return Err(ctx.field("common_lb_config.healthy_panic_threshold").err("must be between 0 and 100")),
+    };
     Ok(ClusterConfig {
+        circuit_breakers,
+        outlier,
+        panic_threshold,
+        max_requests_per_connection,
         name,
         discovery,
         lb,
@@ -202,9 +215,8 @@ pub fn translate_endpoints(
         for (j, lb) in le.lb_endpoints.iter().enumerate() {
             let ectx = lectx.index("lb_endpoints", j);
             let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
-            if matches!(health, HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout) {
-                continue;
-            }
+            let eds_unhealthy =
+                matches!(health, HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout);
             let weight = lb.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1);
             if weight == 0 {
                 return Err(ectx.field("load_balancing_weight").err("must be at least 1"));
@@ -226,7 +238,7 @@ pub fn translate_endpoints(
                 _ => return Err(actx.field("port_value").err("port_value is required")),
             };
             let endpoint = match (sa.address.parse::<IpAddr>(), discovery) {
-                (Ok(ip), _) => EndpointConfig::Ip { addr: (ip, port).into(), weight },
+                (Ok(ip), _) => EndpointConfig::Ip { addr: (ip, port).into(), weight, eds_unhealthy },
                 (Err(_), DiscoveryType::StrictDns) if !sa.address.is_empty() => {
                     EndpointConfig::Dns { host: sa.address.clone(), port, weight }
                 }
@@ -240,4 +252,81 @@ pub fn translate_endpoints(
         }
     }
     Ok(endpoints)
+}
+
+fn circuit_breakers(ctx: &Ctx, c: &Cluster) -> Result<CircuitBreakers, ConfigError> {
+    let mut out = CircuitBreakers::default();
+    let Some(cb) = &c.circuit_breakers else { return Ok(out) };
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        let tctx = ctx.index("thresholds", i);
+        // Only DEFAULT routes exist (no route sets priority HIGH), so HIGH thresholds could
+        // never apply.
+        if t.priority != 0 {
+            return Err(tctx.field("priority").err("only the DEFAULT priority is supported"));
+        }
+        let v =
+            |o: &Option<envoy_types::pb::google::protobuf::UInt32Value>, d: u64| o.map(|v| v.value as u64).unwrap_or(d);
+        out.max_connections = v(&t.max_connections, 1024);
+        out.max_pending_requests = v(&t.max_pending_requests, 1024);
+        out.max_requests = v(&t.max_requests, 1024);
+        out.max_retries = v(&t.max_retries, 3);
+        out.track_remaining = t.track_remaining;
+        if let Some(b) = &t.retry_budget {
+            let pct = b.budget_percent.map(|p| p.value).unwrap_or(20.0);
+            if !(0.0..=100.0).contains(&pct) {
+                return Err(tctx.field("retry_budget.budget_percent").err("must be between 0 and 100"));
+            }
+            out.retry_budget = Some((pct, b.min_retry_concurrency.map(|v| v.value).unwrap_or(3)));
+        }
+    }
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(ctx.field("per_host_thresholds").err("not supported"));
+    }
+    Ok(out)
+}
+
+fn outlier(
+    ctx: &Ctx,
+    o: &envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+) -> Result<OutlierDetection, ConfigError> {
+    let d = OutlierDetection::default();
+    let u = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, def: u32| v.map(|v| v.value).unwrap_or(def);
+    let pct = |field: &str, v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, def: u32| {
+        let x = u(v, def);
+        if x > 100 {
+            Err(ctx.field(field).err("must be at most 100"))
+        } else {
+            Ok(x)
+        }
+    };
+    let dur = |v, def: Duration| duration(v).unwrap_or(def);
+    let out = OutlierDetection {
+        consecutive_5xx: u(&o.consecutive_5xx, d.consecutive_5xx),
+        consecutive_gateway_failure: u(&o.consecutive_gateway_failure, d.consecutive_gateway_failure),
+        consecutive_local_origin_failure: u(&o.consecutive_local_origin_failure, d.consecutive_local_origin_failure),
+        enforcing_consecutive_5xx: pct("enforcing_consecutive_5xx", &o.enforcing_consecutive_5xx, 100)?,
+        enforcing_consecutive_gateway_failure: pct(
+            "enforcing_consecutive_gateway_failure",
+            &o.enforcing_consecutive_gateway_failure,
+            0,
+        )?,
+        enforcing_consecutive_local_origin_failure: pct(
+            "enforcing_consecutive_local_origin_failure",
+            &o.enforcing_consecutive_local_origin_failure,
+            100,
+        )?,
+        split_external_local_origin_errors: o.split_external_local_origin_errors,
+        interval: dur(&o.interval, d.interval),
+        base_ejection_time: dur(&o.base_ejection_time, d.base_ejection_time),
+        max_ejection_time: dur(&o.max_ejection_time, d.max_ejection_time),
+        max_ejection_percent: pct("max_ejection_percent", &o.max_ejection_percent, 10)?,
+        success_rate_minimum_hosts: u(&o.success_rate_minimum_hosts, 5),
+        success_rate_request_volume: u(&o.success_rate_request_volume, 100),
+        success_rate_stdev_factor: u(&o.success_rate_stdev_factor, 1900),
+        enforcing_success_rate: pct("enforcing_success_rate", &o.enforcing_success_rate, 100)?,
+    };
+    if out.interval.is_zero() {
+        return Err(ctx.field("interval").err("must be greater than 0"));
+    }
+    Ok(out)
 }

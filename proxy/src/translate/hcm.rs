@@ -41,23 +41,37 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         }
         _ => return Err(ctx.field("route_config").err("route_config or rds is required")),
     };
-    // The router must be the last (and, for now, only) HTTP filter.
+    // The router last; before it, filters from the registry, in order.
     if h.http_filters.is_empty() {
         return Err(ctx.field("http_filters").err("the router filter is required"));
     }
+    let scope = crate::http::filters::FilterScope { stat_prefix: h.stat_prefix.clone() };
+    let mut http_filters = Vec::new();
     for (i, f) in h.http_filters.iter().enumerate() {
         let fctx = ctx.index("http_filters", i);
-        let tname = match &f.config_type {
-            Some(HfConfig::TypedConfig(any)) => super::type_name(&any.type_url).to_string(),
-            None if f.name == "envoy.filters.http.router" => ROUTER.to_string(),
+        let last = i + 1 == h.http_filters.len();
+        let any = match &f.config_type {
+            Some(HfConfig::TypedConfig(any)) => any,
+            None if f.name == "envoy.filters.http.router" && last => continue,
             _ => return Err(fctx.err(format!("filter \"{}\" needs a typed_config", f.name))),
         };
-        if tname != ROUTER {
-            return Err(fctx.field("typed_config").err(format!("unsupported HTTP filter {tname}")));
+        let tname = super::type_name(&any.type_url);
+        if tname == ROUTER {
+            if !last {
+                return Err(fctx.err("the router filter must be the last HTTP filter"));
+            }
+            continue;
         }
-        if i + 1 != h.http_filters.len() {
-            return Err(fctx.err("the router filter must be the last HTTP filter"));
+        if last {
+            return Err(fctx.err("the last HTTP filter must be the router"));
         }
+        if f.is_optional || f.disabled {
+            return Err(fctx.field(if f.disabled { "disabled" } else { "is_optional" }).err("not supported"));
+        }
+        let factory = crate::http::filters::factory(tname)
+            .ok_or_else(|| fctx.field("typed_config").err(format!("unsupported HTTP filter {tname}")))?;
+        let filter = (factory.build)(&fctx.field("typed_config"), any, &scope)?;
+        http_filters.push(crate::http::filters::Configured { name: f.name.clone(), filter });
     }
     let server_name = if h.server_name.is_empty() { "outrigger".to_string() } else { h.server_name.clone() };
     let server_name =
@@ -100,6 +114,7 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
     let h2 = h.http2_protocol_options.clone().unwrap_or_default();
     Ok(HttpConnManagerConfig {
         stat_prefix: h.stat_prefix.clone(),
+        http_filters,
         codec,
         routes,
         rds_fetch_timeout,

@@ -122,9 +122,20 @@ fn unhealthy_endpoints_are_left_out_and_other_priorities_refused() {
             "health_status": health})
     };
     c["load_assignment"]["endpoints"] = json!([{"lb_endpoints": [
-        ep(1, "HEALTHY"), ep(2, "UNHEALTHY"), ep(3, "DRAINING"), ep(4, "TIMEOUT"), ep(5, "UNKNOWN")]}]);
+        ep(1, "HEALTHY"), ep(2, "UNHEALTHY"), ep(3, "DRAINING"), ep(4, "TIMEOUT"), ep(5, "UNKNOWN"), ep(6, "HEALTHY")]}]);
     let b = compile(&bootstrap(vec![http_listener(routes_to("a"))], vec![c.clone()])).unwrap();
-    assert_eq!(b.clusters[0].endpoints.len(), 2, "{:?}", b.clusters[0].endpoints);
+    // Kept with their state, but out of rotation (half are available: not yet panic mode).
+    let unhealthy: Vec<bool> = b.clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| matches!(e, crate::config::EndpointConfig::Ip { eds_unhealthy: true, .. }))
+        .collect();
+    assert_eq!(unhealthy, [false, true, true, true, false, false]);
+    let c0 = crate::upstream::Cluster::new(b.clusters[0].clone());
+    for _ in 0..10 {
+        let port = c0.pick().unwrap().addr.port();
+        assert!([1, 5, 6].contains(&port), "{port}");
+    }
     c["load_assignment"]["endpoints"] = json!([{"priority": 1, "lb_endpoints": [ep(1, "HEALTHY")]}]);
     assert!(err_of(&bootstrap(vec![http_listener(routes_to("a"))], vec![c])).contains("priority"));
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 pub use cluster::translate_cluster;
 pub use load::{load_bootstrap_file, parse_bootstrap, parse_bootstrap_with};
-pub(crate) use outrigger_api::type_name;
+pub use outrigger_api::type_name;
 pub use route::translate_route_config;
 
 /// A configuration error: names the file, the resource and the field, and says what is wrong.
@@ -58,31 +58,32 @@ impl ConfigError {
     }
 }
 
-/// Errors inside one resource carry the field path relative to it; `Ctx` builds those paths.
+/// Errors inside one resource carry the field path relative to it; `Ctx` builds those paths
+/// (public for the HTTP filters' own translation).
 #[derive(Clone)]
-pub(crate) struct Ctx {
-    pub(crate) resource: String,
-    pub(crate) path: String,
+pub struct Ctx {
+    pub resource: String,
+    pub path: String,
 }
 
 impl Ctx {
-    pub(crate) fn new(resource: impl Into<String>) -> Self {
+    pub fn new(resource: impl Into<String>) -> Self {
         Ctx { resource: resource.into(), path: String::new() }
     }
-    pub(crate) fn field(&self, name: &str) -> Ctx {
+    pub fn field(&self, name: &str) -> Ctx {
         let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
         Ctx { resource: self.resource.clone(), path }
     }
-    pub(crate) fn index(&self, name: &str, i: usize) -> Ctx {
+    pub fn index(&self, name: &str, i: usize) -> Ctx {
         self.field(&format!("{name}[{i}]"))
     }
-    pub(crate) fn err(&self, message: impl Into<String>) -> ConfigError {
+    pub fn err(&self, message: impl Into<String>) -> ConfigError {
         ConfigError::invalid(self.resource.clone(), self.path.clone(), message)
     }
 }
 
 /// Decodes an `Any` whose type URL must be `T`'s.
-pub(crate) fn decode_any<T: prost::Message + Default>(
+pub fn decode_any<T: prost::Message + Default>(
     ctx: &Ctx,
     any: &envoy_types::pb::google::protobuf::Any,
     expected: &str,
@@ -94,7 +95,7 @@ pub(crate) fn decode_any<T: prost::Message + Default>(
     T::decode(any.value.as_slice()).map_err(|e| ctx.err(format!("cannot decode {}: {e}", any.type_url)))
 }
 
-pub(crate) fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<std::time::Duration> {
+pub fn duration(d: &Option<envoy_types::pb::google::protobuf::Duration>) -> Option<std::time::Duration> {
     d.as_ref().map(|d| std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
 
@@ -143,5 +144,7 @@ impl SourceConfig {
 
 #[cfg(test)]
 mod honesty_tests;
+#[cfg(test)]
+mod resilience_tests;
 #[cfg(test)]
 mod tests;

@@ -148,13 +148,17 @@ fn virtual_host(ctx: &Ctx, vh: &PbVirtualHost) -> Result<VirtualHost, ConfigErro
     if vh.domains.is_empty() {
         return Err(ctx.field("domains").err("at least one domain is required"));
     }
-    let routes =
-        vh.routes.iter().enumerate().map(|(i, r)| route(&ctx.index("routes", i), r)).collect::<Result<Vec<_>, _>>()?;
+    let routes = vh
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| route(&ctx.index("routes", i), r, vh))
+        .collect::<Result<Vec<_>, _>>()?;
     let index = RouteIndex::for_routes(&routes);
     Ok(VirtualHost { name: vh.name.as_str().into(), routes: routes.into_boxed_slice(), index })
 }
 
-fn route(ctx: &Ctx, r: &PbRoute) -> Result<Route, ConfigError> {
+fn route(ctx: &Ctx, r: &PbRoute, vh: &PbVirtualHost) -> Result<Route, ConfigError> {
     let mctx = ctx.field("match");
     let m = r.r#match.as_ref().ok_or_else(|| mctx.err("a route needs a match"))?;
     let case_sensitive = m.case_sensitive.map(|b| b.value).unwrap_or(true);
@@ -186,7 +190,22 @@ fn route(ctx: &Ctx, r: &PbRoute) -> Result<Route, ConfigError> {
         .map(|(i, q)| query_match(&mctx.index("query_parameters", i), q))
         .collect::<Result<Vec<_>, _>>()?;
     let action = match &r.action {
-        Some(PbAction::Route(a)) => Action::Route(route_action(&ctx.field("route"), a)?),
+        Some(PbAction::Route(a)) => {
+            let mut ra = route_action(&ctx.field("route"), a)?;
+            // The virtual host's retry policy is the default of its routes.
+            if a.retry_policy.is_none() {
+                if let Some(rp) = &vh.retry_policy {
+                    ra.retry = Some(Box::new(retry_policy(&ctx.field("virtual_host.retry_policy"), rp)?));
+                }
+            }
+            ra.attempt_count_header = vh.include_request_attempt_count;
+            #[allow(deprecated)]
+            let limit = r.per_request_buffer_limit_bytes.or(vh.per_request_buffer_limit_bytes);
+            if let Some(l) = limit {
+                ra.buffer_limit = l.value as usize;
+            }
+            Action::Route(ra)
+        }
         Some(PbAction::Redirect(a)) => Action::Redirect(redirect(&ctx.field("redirect"), a)?),
         Some(PbAction::DirectResponse(a)) => direct(&ctx.field("direct_response"), a)?,
         Some(_) => return Err(ctx.err("unsupported route action")),
@@ -200,7 +219,25 @@ fn route(ctx: &Ctx, r: &PbRoute) -> Result<Route, ConfigError> {
             return Err(ctx.field("route.regex_rewrite").err("not allowed on a CONNECT route"));
         }
     }
-    Ok(Route { name: r.name.clone(), path, case_sensitive, headers, query, grpc: m.grpc.is_some(), action })
+    let mut per_filter: Vec<_> = r.typed_per_filter_config.iter().collect();
+    per_filter.sort_by(|a, b| a.0.cmp(b.0));
+    let per_filter = per_filter
+        .into_iter()
+        .map(|(name, any)| {
+            let c = crate::http::filters::per_route(&ctx.field(&format!("typed_per_filter_config[{name}]")), any)?;
+            Ok((name.as_str().into(), c))
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(Route {
+        name: r.name.clone(),
+        path,
+        case_sensitive,
+        headers,
+        query,
+        grpc: m.grpc.is_some(),
+        action,
+        per_filter: PerFilter(per_filter.into_boxed_slice()),
+    })
 }
 
 fn regex(ctx: &Ctx, re: &RegexMatcher, anchored: bool) -> Result<Regex, ConfigError> {
@@ -345,6 +382,15 @@ fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError
             Some(RegexRewrite { pattern: re, substitution: re2_substitution(&rr.substitution) })
         }
     };
+    let retry =
+        a.retry_policy.as_ref().map(|rp| retry_policy(&ctx.field("retry_policy"), rp)).transpose()?.map(Box::new);
+    let mirrors = a
+        .request_mirror_policies
+        .iter()
+        .enumerate()
+        .map(|(i, m)| mirror(&ctx.index("request_mirror_policies", i), m))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_boxed_slice();
     Ok(RouteAction {
         target,
         timeout,
@@ -353,7 +399,121 @@ fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError
         host_rewrite,
         cluster_not_found,
         terminate_connect,
+        retry,
+        mirrors,
+        buffer_limit: DEFAULT_BUFFER_LIMIT,
+        attempt_count_header: false,
     })
+}
+
+/// Envoy's default `per_connection_buffer_limit_bytes`, the bound of a body kept for a retry
+/// or a shadow when the route does not set `per_request_buffer_limit_bytes`.
+const DEFAULT_BUFFER_LIMIT: usize = 1024 * 1024;
+
+const PREVIOUS_HOSTS: &str = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+
+fn retry_policy(
+    ctx: &Ctx,
+    rp: &envoy_types::pb::envoy::config::route::v3::RetryPolicy,
+) -> Result<RetryPolicy, ConfigError> {
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
+    let mut on = RetryOn::default();
+    for name in rp.retry_on.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match RetryOn::NAMES.iter().find(|(n, _)| *n == name) {
+            Some((_, bit)) => on.0 |= bit,
+            None => return Err(ctx.field("retry_on").err(format!("unsupported retry condition \"{name}\""))),
+        }
+    }
+    let mut previous_hosts = false;
+    for (i, p) in rp.retry_host_predicate.iter().enumerate() {
+        let pctx = ctx.index("retry_host_predicate", i);
+        match &p.config_type {
+            Some(ConfigType::TypedConfig(any)) if super::type_name(&any.type_url) == PREVIOUS_HOSTS => {
+                previous_hosts = true
+            }
+            Some(ConfigType::TypedConfig(any)) => {
+                return Err(pctx
+                    .field("typed_config")
+                    .err(format!("unsupported retry host predicate {}", any.type_url)))
+            }
+            None => return Err(pctx.err("typed_config is required")),
+        }
+    }
+    let retriable_status_codes = rp
+        .retriable_status_codes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            u16::try_from(*c)
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| ctx.index("retriable_status_codes", i).err(format!("{c} is not an HTTP status")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let retriable_headers = rp
+        .retriable_headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(&ctx.index("retriable_headers", i), h))
+        .collect::<Result<Vec<_>, _>>()?;
+    if retriable_headers.iter().any(|h| !matches!(h.name, HeaderKey::Header(_))) {
+        return Err(ctx.field("retriable_headers").err("pseudo-headers are not response headers"));
+    }
+    let (base, max) = match &rp.retry_back_off {
+        None => (Duration::from_millis(25), Duration::from_millis(250)),
+        Some(b) => {
+            let base = duration(&b.base_interval)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| ctx.field("retry_back_off.base_interval").err("must be greater than 0"))?;
+            let max = duration(&b.max_interval).unwrap_or(base * 10);
+            if max < base {
+                return Err(ctx.field("retry_back_off.max_interval").err("must not be less than base_interval"));
+            }
+            (base, max)
+        }
+    };
+    let attempts = rp.host_selection_retry_max_attempts;
+    if attempts < 0 {
+        return Err(ctx.field("host_selection_retry_max_attempts").err("must not be negative"));
+    }
+    Ok(RetryPolicy {
+        on,
+        num_retries: rp.num_retries.map(|v| v.value).unwrap_or(1),
+        per_try_timeout: duration(&rp.per_try_timeout).filter(|d| !d.is_zero()),
+        per_try_idle_timeout: duration(&rp.per_try_idle_timeout).filter(|d| !d.is_zero()),
+        retriable_status_codes,
+        retriable_headers,
+        back_off_base: base,
+        back_off_max: max,
+        previous_hosts,
+        host_selection_max_attempts: (attempts.min(100) as u32).max(1),
+    })
+}
+
+fn mirror(
+    ctx: &Ctx,
+    m: &envoy_types::pb::envoy::config::route::v3::route_action::RequestMirrorPolicy,
+) -> Result<Mirror, ConfigError> {
+    if m.cluster.is_empty() {
+        return Err(ctx.field("cluster").err("cluster is required"));
+    }
+    let (numerator, denominator) = match m.runtime_fraction.as_ref() {
+        None => (100, 100),
+        Some(rf) => {
+            if !rf.runtime_key.is_empty() {
+                return Err(ctx.field("runtime_fraction.runtime_key").err("runtime keys are not supported"));
+            }
+            let p = rf.default_value.unwrap_or_default();
+            let den = match p.denominator {
+                0 => 100,
+                1 => 10_000,
+                2 => 1_000_000,
+                _ => return Err(ctx.field("runtime_fraction.default_value.denominator").err("unknown denominator")),
+            };
+            (p.numerator.min(den), den)
+        }
+    };
+    Ok(Mirror { cluster: m.cluster.clone(), numerator, denominator, keep_host: m.disable_shadow_host_suffix_append })
 }
 
 /// RE2's substitution syntax (`\1` for a group, `\\` for a backslash) in the `regex` crate's

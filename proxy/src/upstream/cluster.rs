@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::lb;
+use super::outlier::Health;
 use super::pool::Pool;
 use crate::config::{ClusterConfig, EndpointConfig};
 use crate::telemetry::stats::ClusterStats;
@@ -27,27 +28,77 @@ pub struct EndpointSet {
     pub list: Vec<Arc<Endpoint>>,
     /// Smooth weighted round-robin order, when weights differ.
     pub(crate) schedule: Option<Vec<u32>>,
+    /// Endpoints the balancer must skip (ejected, failing health checks, EDS-unhealthy): while
+    /// 0, picking needs no health check.
+    pub(crate) unavailable: AtomicUsize,
 }
 
+/// An endpoint as the current set has it. Its runtime state is shared with the endpoint of the
+/// same address in earlier and later sets: a weight or health change, or a cluster update,
+/// keeps the pool, the request counts and the outlier state.
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Given no traffic by EDS (health_status UNHEALTHY, DRAINING, TIMEOUT).
+    pub eds_unhealthy: bool,
+    pub state: Arc<EndpointState>,
+}
+
+#[derive(Debug, Default)]
+pub struct EndpointState {
     pub active_requests: AtomicU32,
     pub pool: Pool,
+    pub health: Health,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = EndpointState;
+    fn deref(&self) -> &EndpointState {
+        &self.state
+    }
 }
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, weight: u32) -> Arc<Endpoint> {
-        Arc::new(Endpoint { addr, weight, active_requests: AtomicU32::new(0), pool: Pool::new() })
+        Arc::new(Endpoint { addr, weight, eds_unhealthy: false, state: Default::default() })
+    }
+
+    /// Whether the load balancer may pick it now.
+    pub fn available(&self) -> bool {
+        !self.eds_unhealthy && self.health.available()
     }
 }
 
 impl EndpointSet {
     pub fn new(list: Vec<Arc<Endpoint>>) -> EndpointSet {
         let schedule = lb::weighted_schedule(&list);
-        EndpointSet { list, schedule }
+        let unavailable = AtomicUsize::new(list.iter().filter(|e| !e.available()).count());
+        EndpointSet { list, schedule, unavailable }
     }
+}
+
+fn ip_endpoint(e: &EndpointConfig) -> Option<(SocketAddr, u32, bool)> {
+    match e {
+        EndpointConfig::Ip { addr, weight, eds_unhealthy } => Some((*addr, *weight, *eds_unhealthy)),
+        EndpointConfig::Dns { .. } => None,
+    }
+}
+
+fn new_endpoint(addr: SocketAddr, weight: u32, eds_unhealthy: bool) -> Arc<Endpoint> {
+    Arc::new(Endpoint { addr, weight, eds_unhealthy, state: Default::default() })
+}
+
+/// The endpoints `addrs`, sharing state with those of `old` at the same address.
+fn carry_over(old: &EndpointSet, addrs: Vec<(SocketAddr, u32, bool)>) -> Vec<Arc<Endpoint>> {
+    addrs
+        .into_iter()
+        .map(|(addr, weight, eds_unhealthy)| match old.list.iter().find(|e| e.addr == addr) {
+            Some(e) if e.weight == weight && e.eds_unhealthy == eds_unhealthy => e.clone(),
+            Some(e) => Arc::new(Endpoint { addr, weight, eds_unhealthy, state: e.state.clone() }),
+            None => new_endpoint(addr, weight, eds_unhealthy),
+        })
+        .collect()
 }
 
 impl Cluster {
@@ -57,39 +108,61 @@ impl Cluster {
 
     /// A cluster of `config`, with the EDS endpoints `eds` (else the configured ones).
     pub fn from_shared(config: Arc<ClusterConfig>, eds: Option<&[EndpointConfig]>) -> Arc<Cluster> {
-        let list = eds
-            .unwrap_or(&config.endpoints)
-            .iter()
-            .filter_map(|e| match e {
-                EndpointConfig::Ip { addr, weight } => Some(Endpoint::new(*addr, *weight)),
-                EndpointConfig::Dns { .. } => None,
-            })
-            .collect();
-        Arc::new(Cluster {
+        Cluster::replacing(config, eds, None)
+    }
+
+    /// As [`Cluster::from_shared`], taking over the runtime state of `previous`'s endpoints
+    /// (a cluster of the same name whose config changed).
+    pub fn replacing(
+        config: Arc<ClusterConfig>,
+        eds: Option<&[EndpointConfig]>,
+        previous: Option<&Cluster>,
+    ) -> Arc<Cluster> {
+        let addrs: Vec<_> = eds.unwrap_or(&config.endpoints).iter().filter_map(ip_endpoint).collect();
+        let old = previous.map(|p| p.endpoints.load_full());
+        let list = match &old {
+            Some(old) => carry_over(old, addrs),
+            None => addrs
+                .into_iter()
+                .map(|(addr, weight, eds_unhealthy)| new_endpoint(addr, weight, eds_unhealthy))
+                .collect(),
+        };
+        let stats = ClusterStats::named(&config.name);
+        stats.set_limits(&config.circuit_breakers);
+        let cluster = Arc::new(Cluster {
             name: config.name.clone(),
-            stats: ClusterStats::named(&config.name),
+            stats,
             config,
             endpoints: ArcSwap::from_pointee(EndpointSet::new(list)),
             rr: AtomicUsize::new(0),
-        })
+        });
+        cluster.membership_changed();
+        if cluster.config.outlier.is_some() {
+            super::outlier::start(&cluster);
+        }
+        cluster
     }
 
-    /// Replaces the endpoint set, keeping the existing endpoint objects (and their pools) for
-    /// addresses that remain.
-    pub fn update_endpoints(&self, addrs: Vec<(SocketAddr, u32)>) {
+    /// Replaces the endpoint set, keeping the runtime state of the addresses that remain.
+    pub fn update_endpoints(&self, addrs: Vec<(SocketAddr, u32, bool)>) {
         let old = self.endpoints.load();
         if old.list.len() == addrs.len()
-            && old.list.iter().zip(&addrs).all(|(e, (a, w))| e.addr == *a && e.weight == *w)
+            && old.list.iter().zip(&addrs).all(|(e, (a, w, u))| e.addr == *a && e.weight == *w && e.eds_unhealthy == *u)
         {
             return;
         }
-        let list = addrs
-            .into_iter()
-            .map(|(a, w)| {
-                old.list.iter().find(|e| e.addr == a && e.weight == w).cloned().unwrap_or_else(|| Endpoint::new(a, w))
-            })
-            .collect();
+        let list = carry_over(&old, addrs);
         self.endpoints.store(Arc::new(EndpointSet::new(list)));
+        self.membership_changed();
+    }
+
+    /// Updates the membership gauges (and the count of endpoints out of rotation).
+    pub fn membership_changed(&self) {
+        let set = self.endpoints.load();
+        let healthy = set.list.iter().filter(|e| e.available()).count();
+        self.stats.membership_total.set(set.list.len() as i64);
+        self.stats.membership_healthy.set(healthy as i64);
+        set.unavailable.store(set.list.len() - healthy, Ordering::Relaxed);
     }
 
     /// Picks an endpoint by the cluster's policy; None when there is none.
@@ -105,6 +178,21 @@ impl Cluster {
             crate::config::DiscoveryType::OriginalDst => original_dst.map(|a| Endpoint::new(a, 1)),
             _ => self.pick(),
         }
+    }
+
+    /// As [`Cluster::pick`], avoiding the endpoints in `avoid` (a retry's previous hosts): up to
+    /// `attempts` picks, then the last one whatever it is.
+    pub fn pick_avoiding(&self, avoid: &[SocketAddr], attempts: u32) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        let mut last = None;
+        for _ in 0..attempts.max(1) {
+            let e = lb::pick(self, &set)?;
+            if !avoid.contains(&e.addr) {
+                return Some(e.clone());
+            }
+            last = Some(e.clone());
+        }
+        last
     }
 
     pub fn next_rr(&self) -> usize {

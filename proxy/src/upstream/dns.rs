@@ -8,17 +8,17 @@ use crate::config::cluster::DnsFamily;
 use crate::config::EndpointConfig;
 
 pub async fn resolve_once(cluster: &Cluster) {
-    let mut addrs: Vec<(SocketAddr, u32)> = Vec::new();
+    let mut addrs: Vec<(SocketAddr, u32, bool)> = Vec::new();
     for e in &cluster.config.endpoints {
         match e {
-            EndpointConfig::Ip { addr, weight } => addrs.push((*addr, *weight)),
+            EndpointConfig::Ip { addr, weight, eds_unhealthy } => addrs.push((*addr, *weight, *eds_unhealthy)),
             EndpointConfig::Dns { host, port, weight } => match tokio::net::lookup_host((host.as_str(), *port)).await {
                 Ok(it) => {
                     let mut found: Vec<SocketAddr> = it.collect();
                     found.sort();
                     found.dedup();
                     let found = filter_family(found, cluster.config.dns_family);
-                    addrs.extend(found.into_iter().map(|a| (a, *weight)));
+                    addrs.extend(found.into_iter().map(|a| (a, *weight, false)));
                 }
                 Err(err) => {
                     tracing::warn!(cluster = %cluster.config.name, %host, %err, "DNS resolution failed; keeping last answer");
@@ -88,6 +88,10 @@ mod tests {
             dns_family: DnsFamily::V4Only,
             idle_timeout: None,
             eds_fetch_timeout: None,
+            circuit_breakers: Default::default(),
+            outlier: None,
+            panic_threshold: 50.0,
+            max_requests_per_connection: None,
         })
     }
 

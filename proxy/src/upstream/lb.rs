@@ -10,7 +10,31 @@ use crate::config::LbPolicy;
 /// scaled down proportionally.
 const MAX_SCHEDULE: u64 = 4096;
 
+/// Picks an endpoint that may take traffic. While some are out of rotation (ejected, failing
+/// health checks, EDS-unhealthy), the policy's pick is repeated until it lands on one that is
+/// not, unless fewer than `healthy_panic_threshold` percent are available: then, as Envoy's
+/// panic mode, all of them are candidates.
 pub fn pick<'a>(cluster: &Cluster, set: &'a EndpointSet) -> Option<&'a Arc<Endpoint>> {
+    let unavailable = set.unavailable.load(Ordering::Relaxed);
+    if unavailable == 0 {
+        return pick_any(cluster, set);
+    }
+    let n = set.list.len();
+    let available = n.saturating_sub(unavailable);
+    if (available as f64) * 100.0 < cluster.config.panic_threshold * n as f64 || available == 0 {
+        cluster.stats.lb_healthy_panic.inc();
+        return pick_any(cluster, set);
+    }
+    for _ in 0..2 * n {
+        let e = pick_any(cluster, set)?;
+        if e.available() {
+            return Some(e);
+        }
+    }
+    set.list.iter().find(|e| e.available())
+}
+
+fn pick_any<'a>(cluster: &Cluster, set: &'a EndpointSet) -> Option<&'a Arc<Endpoint>> {
     let n = set.list.len();
     if n == 0 {
         return None;
@@ -86,12 +110,20 @@ mod tests {
             endpoints: weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| EndpointConfig::Ip { addr: ([127, 0, 0, 1], 1000 + i as u16).into(), weight: *w })
+                .map(|(i, w)| EndpointConfig::Ip {
+                    addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                    weight: *w,
+                    eds_unhealthy: false,
+                })
                 .collect(),
             dns_refresh: Duration::from_secs(5),
             dns_family: crate::config::cluster::DnsFamily::Auto,
             idle_timeout: None,
             eds_fetch_timeout: None,
+            circuit_breakers: Default::default(),
+            outlier: None,
+            panic_threshold: 50.0,
+            max_requests_per_connection: None,
         })
     }
 
@@ -138,5 +170,26 @@ mod tests {
     fn empty_cluster_picks_nothing() {
         let c = cluster(LbPolicy::RoundRobin, &[]);
         assert!(c.pick().is_none());
+    }
+
+    #[test]
+    fn unavailable_endpoints_are_skipped_until_the_panic_threshold() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = cluster(LbPolicy::RoundRobin, &[1, 1, 1, 1]);
+        let mark = |i: usize, down: bool| {
+            c.endpoints.load().list[i].health.hc_failed.store(down, Relaxed);
+            c.membership_changed();
+        };
+        mark(0, true);
+        let m = counts(&c, 300);
+        assert_eq!(m.get(&1000), None, "{m:?}");
+        mark(1, true);
+        // Half available is not below the default 50% threshold.
+        assert_eq!(counts(&c, 200).get(&1001), None);
+        mark(2, true);
+        // One of four: panic, everyone gets traffic again.
+        let m = counts(&c, 400);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(c.stats.lb_healthy_panic.get() >= 400);
     }
 }

@@ -2,6 +2,7 @@
 pub mod cluster;
 pub mod dns;
 pub mod lb;
+pub mod outlier;
 pub mod pool;
 
 pub use cluster::{Cluster, Endpoint, EndpointSet};

@@ -2,13 +2,14 @@
 //! used by the thread (and runtime) that drives it.
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use tokio::net::TcpStream;
+
+use crate::http::request_body::RequestBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE_H1: usize = 256;
@@ -36,8 +37,9 @@ fn worker_id() -> usize {
 #[derive(Default)]
 struct Slot {
     /// Idle connections with the time they went idle.
-    h1: Vec<(http1::SendRequest<Incoming>, std::time::Instant)>,
-    h2: Option<http2::SendRequest<Incoming>>,
+    h1: Vec<(http1::SendRequest<RequestBody>, std::time::Instant)>,
+    /// The connection, and how many requests took it (its idle watcher reads that).
+    h2: Option<(http2::SendRequest<RequestBody>, Arc<AtomicU64>)>,
 }
 
 /// Allocated on first use: a mesh config has tens of thousands of endpoints, most never used by
@@ -86,7 +88,7 @@ impl Pool {
 
     /// An idle HTTP/1.1 connection that the peer has not closed and that has not been idle for
     /// longer than the cluster's `idle_timeout` (older ones are dropped, which closes them).
-    pub fn take_h1(&self, idle_timeout: Option<Duration>) -> Option<http1::SendRequest<Incoming>> {
+    pub fn take_h1(&self, idle_timeout: Option<Duration>) -> Option<http1::SendRequest<RequestBody>> {
         let mut s = self.slot();
         while let Some((c, since)) = s.h1.pop() {
             if c.is_closed() || idle_timeout.is_some_and(|t| since.elapsed() > t) {
@@ -97,7 +99,7 @@ impl Pool {
         None
     }
 
-    pub fn put_h1(&self, c: http1::SendRequest<Incoming>) {
+    pub fn put_h1(&self, c: http1::SendRequest<RequestBody>) {
         if c.is_closed() {
             return;
         }
@@ -107,10 +109,13 @@ impl Pool {
         }
     }
 
-    pub fn h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    pub fn h2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut s = self.slot();
         match &s.h2 {
-            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some((c, uses)) if !c.is_closed() => {
+                uses.fetch_add(1, Ordering::Relaxed);
+                Some(c.clone())
+            }
             Some(_) => {
                 s.h2 = None;
                 None
@@ -124,8 +129,16 @@ impl Pool {
         self.inner().h2_connecting.lock().await
     }
 
-    pub fn set_h2(&self, c: http2::SendRequest<Incoming>) {
-        self.slot().h2 = Some(c);
+    /// Keeps `c` as this worker's connection; returns its use counter.
+    pub fn set_h2(&self, c: http2::SendRequest<RequestBody>) -> Arc<AtomicU64> {
+        let uses = Arc::new(AtomicU64::new(1));
+        self.slot().h2 = Some((c, uses.clone()));
+        uses
+    }
+
+    /// Forgets this worker's HTTP/2 connection (it went away).
+    pub fn clear_h2(&self) {
+        self.slot().h2 = None;
     }
 
     pub fn idle_h1(&self) -> usize {

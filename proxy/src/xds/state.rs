@@ -543,7 +543,10 @@ mod tests {
             .is_none());
         assert!(Arc::ptr_eq(&held, &s.store.clusters["a"]));
         assert!(Arc::ptr_eq(&eps, &s.store.endpoints["a"]));
-        assert_eq!(s.store.endpoints["b"][0], EndpointConfig::Ip { addr: ([10, 0, 0, 1], 3).into(), weight: 1 });
+        assert_eq!(
+            s.store.endpoints["b"][0],
+            EndpointConfig::Ip { addr: ([10, 0, 0, 1], 3).into(), weight: 1, eds_unhealthy: false }
+        );
         assert_eq!(dump.resources.lock().unwrap()[CLUSTER]["a"].resource.as_ptr(), bytes);
 
         // A cluster gone (state of the world) takes its endpoints, subscription and dump entry.

@@ -208,7 +208,11 @@ fn fixtures_are_accepted_by_both() {
 fn known_rejections_read_the_same() {
     use serde_json::json;
     let cases = [
-        (TYPES[1], json!({"name": "c", "connect_timeout": "1s", "outlier_detection": {}}), "outlier_detection"),
+        (
+            TYPES[1],
+            json!({"name": "c", "connect_timeout": "1s", "upstream_connection_options": {}}),
+            "upstream_connection_options",
+        ),
         (TYPES[1], json!({"name": "c", "respect_dns_ttl": true}), "respect_dns_ttl"),
         (
             TYPES[1],
@@ -217,8 +221,8 @@ fn known_rejections_read_the_same() {
         ),
         (
             TYPES[2],
-            json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {}}}]}]}),
-            "virtual_hosts[0].routes[0].route.retry_policy",
+            json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c", "hash_policy": [{}]}}]}]}),
+            "virtual_hosts[0].routes[0].route.hash_policy",
         ),
         (
             TYPES[3],

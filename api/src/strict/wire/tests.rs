@@ -208,17 +208,21 @@ fn fixtures_are_accepted_by_both() {
 fn known_rejections_read_the_same() {
     use serde_json::json;
     let cases = [
-        (TYPES[1], json!({"name": "c", "connect_timeout": "1s", "outlier_detection": {}}), "outlier_detection"),
+        (
+            TYPES[1],
+            json!({"name": "c", "connect_timeout": "1s", "outlier_detection": {"success_rate_minimum_hosts": 3}}),
+            "outlier_detection.success_rate_minimum_hosts",
+        ),
         (TYPES[1], json!({"name": "c", "respect_dns_ttl": true}), "respect_dns_ttl"),
         (
             TYPES[1],
-            json!({"name": "c", "typed_extension_protocol_options": {"k": {"@type": "type.googleapis.com/envoy.config.core.v3.TcpKeepalive"}}}),
+            json!({"name": "c", "typed_extension_protocol_options": {"k": {"@type": "type.googleapis.com/envoy.config.core.v3.KeepaliveSettings"}}}),
             "typed_extension_protocol_options[k]",
         ),
         (
             TYPES[2],
-            json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {}}}]}]}),
-            "virtual_hosts[0].routes[0].route.retry_policy",
+            json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_priority": {"name": "p"}}}}]}]}),
+            "virtual_hosts[0].routes[0].route.retry_policy.retry_priority",
         ),
         (
             TYPES[3],

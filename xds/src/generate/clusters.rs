@@ -154,6 +154,8 @@ fn discovery(t: DiscoveryType) -> Option<ClusterDiscoveryType> {
 /// Returns (clusters, cluster load assignments) by name.
 pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, BTreeMap<String, Any>) {
     let reg = idx.reg;
+    // Proxyless gRPC clients take the traffic policy as istiod's grpcgen gives it.
+    let proxyless = idx.proxy.proxyless;
     let mut clusters = BTreeMap::new();
     let mut cla = BTreeMap::new();
     for (meta, se) in &reg.service_entries {
@@ -162,7 +164,11 @@ pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, 
             for hc in host_clusters(se, host, idx.destination_rule(host), &eps) {
                 let port = hc.port;
                 let mut c = Cluster { name: hc.name.clone(), ..Default::default() };
-                traffic_policy::apply(&mut c, &hc.policy, port, Direction::Outbound);
+                if proxyless {
+                    traffic_policy::apply_proxyless(&mut c, &hc.policy, port);
+                } else {
+                    traffic_policy::apply(&mut c, &hc.policy, port, Direction::Outbound);
+                }
                 if is_dns(se) {
                     // DNS: the proxy resolves; without endpoints, the host itself.
                     let endpoints = if hc.selected.is_empty() && hc.subset.is_empty() {
@@ -201,8 +207,13 @@ pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, 
             lb_policy: LbPolicy::ClusterProvided as i32,
             ..Default::default()
         };
-        // istiod's passthrough clusters take the default connection pool (circuit breakers).
-        traffic_policy::apply_defaults(&mut c);
+        // istiod's passthrough clusters take the default connection pool (circuit breakers);
+        // proxyless gRPC clients get none from istiod, so nothing more than before here.
+        if proxyless {
+            c.connect_timeout = seconds(10);
+        } else {
+            traffic_policy::apply_defaults(&mut c);
+        }
         (c.name.clone(), to_any(CLUSTER, &c))
     };
     if mode == OutboundMode::AllowAny {
@@ -230,12 +241,12 @@ pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, 
                     name,
                     ..Default::default()
                 };
-                traffic_policy::apply(
-                    &mut c,
-                    &traffic_policy::policy_for(dr, None, port.number),
-                    port,
-                    Direction::Inbound,
-                );
+                if proxyless {
+                    c.connect_timeout = seconds(10);
+                } else {
+                    let policy = traffic_policy::policy_for(dr, None, port.number);
+                    traffic_policy::apply(&mut c, &policy, port, Direction::Inbound);
+                }
                 to_any(CLUSTER, &c)
             });
         }

@@ -277,7 +277,13 @@ fn load_balancer(c: &mut Cluster, lb: Option<&LoadBalancer>) {
         Some(SimpleLb::Random) => LbPolicy::Random,
         _ => LbPolicy::LeastRequest,
     } as i32;
-    let Some(ch) = lb.and_then(|l| l.consistent_hash.as_ref()) else { return };
+    if let Some(ch) = lb.and_then(|l| l.consistent_hash.as_ref()) {
+        ring_hash(c, ch);
+    }
+}
+
+/// `ApplyRingHashLoadBalancer`.
+fn ring_hash(c: &mut Cluster, ch: &ConsistentHash) {
     let size = |n: Option<u64>| n.filter(|n| *n != 0).map(|value| UInt64Value { value });
     if let Some(m) = &ch.maglev {
         c.lb_policy = LbPolicy::Maglev as i32;
@@ -323,4 +329,30 @@ pub fn apply(c: &mut Cluster, p: &Policy<'_>, port: &Port, direction: Direction)
 /// The connection pool step alone, with no settings: what istiod gives its passthrough clusters.
 pub fn apply_defaults(c: &mut Cluster) {
     connection_pool(c, None, &mut None);
+}
+
+/// What istiod's grpcgen (pilot/pkg/networking/grpcgen/cds.go `applyTrafficPolicy`) applies for
+/// a proxyless gRPC client, which implements less of Envoy: a consistent hash, or LEAST_REQUEST
+/// when asked for (round robin otherwise), and of the circuit breakers only `max_requests`
+/// (gRFC A32), when `http2MaxRequests` sets it. Outrigger's 10 s connect timeout stays.
+pub fn apply_proxyless(c: &mut Cluster, p: &Policy<'_>, port: &Port) {
+    c.connect_timeout = seconds(10);
+    if let Some(ch) = p.load_balancer.and_then(|l| l.consistent_hash.as_ref()) {
+        ring_hash(c, ch);
+    } else if p.load_balancer.and_then(|l| l.simple) == Some(SimpleLb::LeastRequest) {
+        c.lb_policy = LbPolicy::LeastRequest as i32;
+    }
+    if let Some(n) = positive(p.connection_pool.and_then(|cp| cp.http.as_ref()).and_then(|h| h.http2_max_requests)) {
+        c.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![Thresholds { max_requests: u32_value(n), ..Default::default() }],
+            ..Default::default()
+        });
+    }
+    if speaks_h2(port) {
+        let options = HttpProtocolOptions { upstream_protocol_options: Some(h2_options()), ..Default::default() };
+        c.typed_extension_protocol_options.insert(
+            HTTP_PROTOCOL_OPTIONS.to_string(),
+            to_any(&format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"), &options),
+        );
+    }
 }

@@ -268,3 +268,29 @@ spec:
         json!({"http2_protocol_options": {}})
     );
 }
+
+#[test]
+fn proxyless_grpc_clients_get_the_policy_as_istiods_grpcgen_applies_it() {
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: api, namespace: shop }
+spec:
+  host: api
+  trafficPolicy:
+    loadBalancer: { simple: RANDOM }
+    connectionPool: { tcp: { maxConnections: 20 }, http: { http2MaxRequests: 50 } }
+    outlierDetection: { consecutive5xxErrors: 3 }
+  subsets:
+  - { name: v1, labels: { version: v1 }, trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: x } } } }
+";
+    let reg = load_text_dir(&format!("{API}---\n{dr}")).unwrap();
+    let grpc = ProxyInfo { namespace: "shop".into(), proxyless: true, ..Default::default() };
+    let c = dumped(&reg, &grpc).remove(CLUSTER).unwrap();
+    // grpcgen cds.go: RANDOM is not for gRPC (round robin stays), only max_requests (gRFC A32),
+    // no outlier detection; a consistent hash is ring hash as for sidecars.
+    let api = &c["outbound|8080||api.shop.svc.cluster.local"];
+    assert!(api.get("lb_policy").is_none() && api.get("outlier_detection").is_none(), "{api}");
+    assert_eq!(api["circuit_breakers"], json!({"thresholds": [{"max_requests": 50}]}));
+    assert_eq!(c["outbound|8080|v1|api.shop.svc.cluster.local"]["lb_policy"], "RING_HASH");
+    assert!(c["PassthroughCluster"].get("circuit_breakers").is_none());
+}

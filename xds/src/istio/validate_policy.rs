@@ -109,11 +109,13 @@ pub(super) fn http_rule(r: &HttpRoute, at: &str, known_host: &dyn Fn(&str) -> bo
 
 fn retries(r: &HttpRetry, at: &str, err: Err) {
     int32(Some(r.attempts), &format!("{at}.attempts"), err);
-    if r.attempts == 0 && (r.per_try_timeout.is_some() || r.retry_on.is_some() || r.retry_remote_localities.is_some()) {
+    // An empty retryOn is unset, for Istio as for istiod.
+    let retry_on = r.retry_on.as_deref().filter(|s| !s.is_empty());
+    if r.attempts == 0 && (r.per_try_timeout.is_some() || retry_on.is_some() || r.retry_remote_localities.is_some()) {
         err(format!("{at}: perTryTimeout, retryOn or retryRemoteLocalities is set while attempts is 0 (retries off)"));
     }
     duration(r.per_try_timeout.as_ref(), &format!("{at}.perTryTimeout"), err);
-    if let Some(on) = &r.retry_on {
+    if let Some(on) = retry_on {
         // As Istio: the comma-separated parts as written (no trimming), each a policy Envoy
         // knows or an HTTP status code.
         for part in on.split(',') {

@@ -45,13 +45,14 @@ pub async fn serve<IO>(
             Flag::NoHealthyUpstream
         })?;
         entry.upstream_host = Some(ep.addr.to_string());
-        let mut up = match connect_tcp(ep.addr, cluster.config.connect_timeout).await {
-            Ok(s) => s,
-            Err(_) => {
-                cluster.stats.connect_fail.inc();
-                return Err(Flag::UpstreamConnectFailure);
-            }
-        };
+        let mut up =
+            match connect_tcp(ep.addr, cluster.config.connect_timeout, cluster.config.tcp_keepalive.as_ref()).await {
+                Ok(s) => s,
+                Err(_) => {
+                    cluster.stats.connect_fail.inc();
+                    return Err(Flag::UpstreamConnectFailure);
+                }
+            };
         cluster.stats.cx.inc();
         cluster.stats.cx_active.inc();
         let r = copy_both(&mut down, &mut up, tcp.config.idle_timeout, &drain).await;

@@ -427,3 +427,141 @@ async fn downstream_protocol_errors_are_not_retried_nor_eject_an_endpoint() {
     assert_eq!(p.metric("envoy_cluster_upstream_rq_retry_total{envoy_cluster_name=\"app\"}"), 0.0);
     assert_eq!(get_status(&p, "/", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn route_header_operations_set_add_and_remove_request_and_response_headers() {
+    let app = Faulty::start("app");
+    let mut r = route("/", "app");
+    let hv = |k: &str, v: &str, action: &str| json!({"header": {"key": k, "value": v}, "append_action": action});
+    r["request_headers_to_add"] = json!([
+        hv("x-set", "new", "OVERWRITE_IF_EXISTS_OR_ADD"),
+        hv("x-add", "two", "APPEND_IF_EXISTS_OR_ADD"),
+        hv("x-absent", "only-if-absent", "ADD_IF_ABSENT"),
+        hv("x-overwrite-only", "changed", "OVERWRITE_IF_EXISTS"),
+        hv("x-pct", "100%%", "OVERWRITE_IF_EXISTS_OR_ADD"),
+    ]);
+    r["request_headers_to_remove"] = json!(["x-drop"]);
+    r["response_headers_to_add"] = json!([hv("x-resp", "added", "OVERWRITE_IF_EXISTS_OR_ADD")]);
+    r["response_headers_to_remove"] = json!(["x-backend"]);
+    let p = Proxy::start(&bootstrap_with(json!([r]), vec![cluster("app", &[app.addr])]));
+    let resp = get_status(&p, "/", &[("x-set", "old"), ("x-add", "one"), ("x-absent", "kept"), ("x-drop", "1")]).await;
+    assert_eq!((resp.header("x-resp"), resp.header("x-backend")), (Some("added"), None));
+    let got = &app.received()[0].headers;
+    let all = |n: &str| got.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(all("x-set"), ["new"]);
+    assert_eq!(all("x-add"), ["one", "two"]);
+    assert_eq!(all("x-absent"), ["kept"]);
+    assert!(all("x-overwrite-only").is_empty(), "not present, so not added");
+    assert_eq!(all("x-pct"), ["100%"]);
+    assert!(all("x-drop").is_empty());
+}
+
+/// Which endpoint answered each of the keys, over a fresh connection per request.
+async fn owners(p: &Proxy, path: &str, keys: &[String], header: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in keys {
+        let r = get_status(p, path, &[(header, k.as_str())]).await;
+        assert_eq!(r.status.as_u16(), 200);
+        out.push(r.header("x-backend").unwrap().to_string());
+    }
+    out
+}
+
+#[tokio::test]
+async fn hash_policy_keeps_a_key_on_one_endpoint_and_sets_the_cookie() {
+    let eps: Vec<Faulty> = (0..4).map(|i| Faulty::start(&format!("e{i}"))).collect();
+    let addrs: Vec<_> = eps.iter().map(|e| e.addr).collect();
+    let mut ring = cluster("ring", &addrs);
+    ring["lb_policy"] = json!("RING_HASH");
+    ring["ring_hash_lb_config"] = json!({"minimum_ring_size": 512});
+    let mut maglev = cluster("maglev", &addrs);
+    maglev["lb_policy"] = json!("MAGLEV");
+    maglev["maglev_lb_config"] = json!({"table_size": 1031});
+    let by_header = json!({"hash_policy": [{"header": {"header_name": "x-user"}}]});
+    let by_cookie = json!({"hash_policy": [{"cookie": {"name": "sticky", "ttl": "60s", "path": "/"}}]});
+    let by_query = json!({"hash_policy": [{"query_parameter": {"name": "u"}, "terminal": true}, {"connection_properties": {"source_ip": true}}]});
+    let p = Proxy::start(&bootstrap_with(
+        json!([
+            route_with("/ring", "ring", by_header.clone()),
+            route_with("/maglev", "maglev", by_header),
+            route_with("/cookie", "ring", by_cookie),
+            route_with("/query", "maglev", by_query),
+        ]),
+        vec![ring, maglev],
+    ));
+    let keys: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
+    for path in ["/ring", "/maglev"] {
+        let first = owners(&p, path, &keys, "x-user").await;
+        let again = owners(&p, path, &keys, "x-user").await;
+        assert_eq!(first, again, "{path}: a key stays on its endpoint");
+        let distinct: std::collections::HashSet<_> = first.iter().collect();
+        // 24 keys over 4 endpoints all landing on one or two: below one in a million.
+        assert!(distinct.len() >= 3, "{path}: keys spread: {first:?}");
+    }
+    // The cookie: made up and set when absent; the same cookie keeps the endpoint.
+    let r = get_status(&p, "/cookie", &[]).await;
+    let set = r.header("set-cookie").expect("a cookie is set").to_string();
+    assert!(set.starts_with("sticky=\"") && set.contains("Max-Age=60") && set.contains("Path=/"), "{set}");
+    let value = set.split('"').nth(1).unwrap().to_string();
+    let cookie = format!("sticky=\"{value}\"");
+    let owner = r.header("x-backend").unwrap().to_string();
+    for _ in 0..8 {
+        let r = get_status(&p, "/cookie", &[("cookie", cookie.as_str())]).await;
+        assert_eq!(r.header("x-backend"), Some(owner.as_str()));
+        assert!(r.header("set-cookie").is_none());
+    }
+    // A query parameter, terminal before the source address.
+    let mut seen = std::collections::HashSet::new();
+    for u in 0..12 {
+        let path = format!("/query?u={u}");
+        let a = get_status(&p, &path, &[]).await.header("x-backend").unwrap().to_string();
+        let b = get_status(&p, &path, &[]).await.header("x-backend").unwrap().to_string();
+        assert_eq!(a, b);
+        seen.insert(a);
+    }
+    assert!(seen.len() >= 2, "the parameter, not the (single) source address, decides: {seen:?}");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_retired_after_max_requests_or_max_duration() {
+    let (a, b) = (Faulty::start("a"), Faulty::start("b"));
+    let opts = |common: Value| {
+        json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": HTTP_OPTIONS_TYPE,
+            "explicit_http_config": {"http_protocol_options": {}}, "common_http_protocol_options": common}})
+    };
+    let mut by_count = cluster("count", &[a.addr]);
+    by_count["typed_extension_protocol_options"] = opts(json!({"max_requests_per_connection": 2}));
+    let mut by_age = cluster("age", &[b.addr]);
+    by_age["typed_extension_protocol_options"] = opts(json!({"max_connection_duration": "0.2s"}));
+    let p =
+        Proxy::start(&bootstrap_with(json!([route("/count", "count"), route("/age", "age")]), vec![by_count, by_age]));
+    let mut conn = H1Conn::open(p.addr("http")).await;
+    for _ in 0..6 {
+        assert_eq!(conn.send(get("x", "/count", &[])).await.status, 200);
+    }
+    assert_eq!(a.connections(), 3, "two requests per upstream connection");
+    for _ in 0..3 {
+        assert_eq!(conn.send(get("x", "/age", &[])).await.status, 200);
+        assert_eq!(conn.send(get("x", "/age", &[])).await.status, 200);
+        // Past the duration the connection is not used again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(b.connections(), 3, "each connection serves until its duration is up");
+}
+
+#[tokio::test]
+async fn upstream_tcp_keepalive_is_set_on_upstream_sockets() {
+    let app = Faulty::start("app");
+    let mut c = cluster("app", &[app.addr]);
+    c["upstream_connection_options"] =
+        json!({"tcp_keepalive": {"keepalive_time": 77, "keepalive_interval": 11, "keepalive_probes": 3}});
+    let p = Proxy::start(&bootstrap_with(json!([route("/", "app")]), vec![c]));
+    assert_eq!(get_status(&p, "/", &[]).await.status, 200);
+    // The pooled connection's socket, as the kernel reports it: a keepalive timer near 77 s.
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", "dst", &app.addr.to_string()])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("timer:(keepalive,1m1") || text.contains("timer:(keepalive,1m"), "{text}");
+}

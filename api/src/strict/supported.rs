@@ -26,7 +26,10 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.Address", &["socket_address"]),
     ("envoy.config.core.v3.SocketAddress", &["address", "port_value", "protocol", "ipv4_compat"]),
     ("envoy.config.core.v3.DataSource", &["inline_string", "inline_bytes", "filename"]),
-    ("envoy.config.core.v3.HttpProtocolOptions", &["idle_timeout", "max_headers_count"]),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &["idle_timeout", "max_headers_count", "max_requests_per_connection", "max_connection_duration"],
+    ),
     ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
@@ -119,8 +122,14 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "metadata",
             "typed_per_filter_config",
             "per_request_buffer_limit_bytes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
         ],
     ),
+    ("envoy.config.core.v3.HeaderValueOption", &["header", "append_action"]),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
     (
         "envoy.config.route.v3.RouteMatch",
         &[
@@ -171,8 +180,11 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "upgrade_configs",
             "retry_policy",
             "request_mirror_policies",
+            "hash_policy",
         ],
     ),
+    // retry_priority (istiod's previous_priorities for retryRemoteLocalities) is left out: the
+    // proxy has a single priority.
     (
         "envoy.config.route.v3.RetryPolicy",
         &[
@@ -194,6 +206,14 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
         &["cluster", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append"],
     ),
     ("envoy.config.core.v3.RuntimeFractionalPercent", &["default_value"]),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy",
+        &["header", "cookie", "connection_properties", "query_parameter", "terminal"],
+    ),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Header", &["header_name"]),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie", &["name", "ttl", "path"]),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties", &["source_ip"]),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter", &["name"]),
     ("envoy.type.v3.FractionalPercent", &["numerator", "denominator"]),
     ("envoy.type.v3.Percent", &["value"]),
     ("envoy.extensions.filters.http.fault.v3.HTTPFault", &["delay", "abort", "max_active_faults"]),
@@ -242,6 +262,9 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "circuit_breakers",
             "outlier_detection",
             "common_lb_config",
+            "upstream_connection_options",
+            "ring_hash_lb_config",
+            "maglev_lb_config",
         ],
     ),
     ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
@@ -275,9 +298,14 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "split_external_local_origin_errors",
             "consecutive_local_origin_failure",
             "enforcing_consecutive_local_origin_failure",
+            "enforcing_local_origin_success_rate",
             "max_ejection_time",
         ],
     ),
+    ("envoy.config.cluster.v3.UpstreamConnectionOptions", &["tcp_keepalive"]),
+    ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
+    ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size"]),
+    ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
     ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold"]),
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints", "policy"]),

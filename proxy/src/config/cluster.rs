@@ -22,6 +22,15 @@ pub enum LbPolicy {
     Random,
     /// CLUSTER_PROVIDED: the cluster picks (ORIGINAL_DST).
     ClusterProvided,
+    /// RING_HASH with `minimum_ring_size` (and `maximum_ring_size`).
+    RingHash {
+        min_size: u64,
+        max_size: u64,
+    },
+    /// MAGLEV with its (prime) `table_size`.
+    Maglev {
+        table_size: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,18 @@ pub struct ClusterConfig {
     pub panic_threshold: f64,
     /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.max_connection_duration`.
+    pub max_connection_duration: Option<Duration>,
+    /// `upstream_connection_options.tcp_keepalive`.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// TCP keep-alive on upstream sockets; unset values keep the system's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
 }
 
 /// `circuit_breakers.thresholds` (DEFAULT priority), Envoy's defaults when unset.

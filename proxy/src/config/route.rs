@@ -169,6 +169,10 @@ pub struct Route {
     pub action: Action,
     /// `typed_per_filter_config`, compiled: (filter name, that filter's config).
     pub per_filter: PerFilter,
+    /// `request_headers_to_add` / `request_headers_to_remove`.
+    pub request_headers: HeaderOps,
+    /// `response_headers_to_add` / `response_headers_to_remove`.
+    pub response_headers: HeaderOps,
 }
 
 /// Per-route filter configs, each downcast by the filter it belongs to.
@@ -286,6 +290,77 @@ pub struct RouteAction {
     pub buffer_limit: usize,
     /// The virtual host's `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
     pub attempt_count_header: bool,
+    /// `hash_policy`: the key of consistent-hash balancing.
+    pub hash_policy: Box<[HashPolicy]>,
+}
+
+/// One `hash_policy` entry.
+#[derive(Debug)]
+pub struct HashPolicy {
+    pub key: HashKey,
+    /// Stop at this one when it gave a hash.
+    pub terminal: bool,
+}
+
+#[derive(Debug)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    /// With `ttl`, a cookie the request does not carry is made up and set on the response.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: Option<String>,
+    },
+    SourceIp,
+    Query(String),
+}
+
+/// `request_headers_to_add` / `response_headers_to_add` and the removals, compiled.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    pub add: Vec<(http::HeaderName, http::HeaderValue, AppendAction)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Envoy's order: removals, then additions.
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v, a) in &self.add {
+            match a {
+                AppendAction::AppendIfExistsOrAdd => {
+                    h.append(n.clone(), v.clone());
+                }
+                AppendAction::AddIfAbsent => {
+                    if !h.contains_key(n) {
+                        h.insert(n.clone(), v.clone());
+                    }
+                }
+                AppendAction::OverwriteIfExistsOrAdd => {
+                    h.insert(n.clone(), v.clone());
+                }
+                AppendAction::OverwriteIfExists => {
+                    if h.contains_key(n) {
+                        h.insert(n.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `retry_policy`, compiled.

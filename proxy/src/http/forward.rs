@@ -68,6 +68,8 @@ struct Upstream<'a> {
     wire: Wire,
     out: &'a mut Outgoing,
     original_dst: Option<SocketAddr>,
+    /// The request's consistent-hash key.
+    hash: Option<u64>,
     tried: Vec<SocketAddr>,
     /// Retries granted by the retry circuit breaker, released when the request is done.
     retries: i64,
@@ -82,7 +84,7 @@ impl Attempts for Upstream<'_> {
         let policy = self.action.retry.as_deref();
         let ep = match policy {
             Some(p) if n > 0 && p.previous_hosts => cluster.pick_avoiding(&self.tried, p.host_selection_max_attempts),
-            _ => cluster.pick_for(self.original_dst),
+            _ => cluster.pick_for_hashed(self.original_dst, self.hash),
         };
         let Some(ep) = ep else {
             stats.none_healthy.inc();
@@ -162,8 +164,9 @@ pub async fn forward(
     wire: Wire,
     out: &mut Outgoing,
     original_dst: Option<SocketAddr>,
+    hash: Option<u64>,
 ) -> Sent {
-    let mut up = Upstream { cluster, action, wire, out, original_dst, tried: Vec::new(), retries: 0 };
+    let mut up = Upstream { cluster, action, wire, out, original_dst, hash, tried: Vec::new(), retries: 0 };
     let policy = action.retry.as_deref();
     let o = retry::run(policy, action.timeout, &mut up).await;
     let stats = &cluster.stats;

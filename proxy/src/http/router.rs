@@ -20,6 +20,7 @@ use super::{filters, forward, headers, mirror, smuggling, upgrade};
 use crate::config::{Action, PathMatch, Redirect, Route, RouteAction, UpstreamProtocol};
 use crate::snapshot::{HttpManager, Snapshot};
 use crate::telemetry::access_log::{now_rfc3339, Entry, Logger};
+use crate::upstream::hash::HashInput;
 
 /// What every request on a downstream connection shares.
 pub struct ConnCtx {
@@ -225,9 +226,14 @@ async fn proxy(
             if !body.is_empty() {
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
+            route.response_headers.apply(r.headers_mut());
             return Ok(r);
         }
-        Action::Redirect(rd) => return Ok(redirect(rd, route, &req, &host, ctx.tls)),
+        Action::Redirect(rd) => {
+            let mut r = redirect(rd, route, &req, &host, ctx.tls);
+            route.response_headers.apply(r.headers_mut());
+            return Ok(r);
+        }
         Action::Route(a) => a,
     };
 
@@ -254,6 +260,9 @@ async fn proxy(
         }
     }
     rewrite(&mut req, route, action, &host);
+    if !route.request_headers.is_empty() {
+        route.request_headers.apply(req.headers_mut());
+    }
 
     if upgrade.is_some() || is_connect {
         let Some(ep) = cluster.pick_for(ctx.original_dst) else {
@@ -303,9 +312,15 @@ async fn proxy(
         let shadow_wire = if shadow.config.protocol == UpstreamProtocol::Http2 { Wire::Http2 } else { Wire::Http1 };
         mirror::spawn(m, shadow.clone(), shadow_wire, copy, action.timeout);
     }
+    let (hash, new_cookie) = if action.hash_policy.is_empty() {
+        (None, None)
+    } else {
+        let input = HashInput { headers: &parts.headers, query: parts.uri.query(), peer: ctx.peer };
+        crate::upstream::hash::request_hash(&action.hash_policy, &input)
+    };
     let mut out =
         Outgoing { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers, body };
-    let sent = forward::forward(cluster, action, wire, &mut out, ctx.original_dst).await;
+    let sent = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash).await;
     if let (Some(l), Some(h)) = (log.as_mut(), sent.upstream_host) {
         l.entry.upstream_host = Some(h.to_string());
     }
@@ -317,6 +332,12 @@ async fn proxy(
     *resp.version_mut() = downstream_version;
     cluster.stats.response(resp.status().as_u16());
     headers::remove_hop_by_hop(resp.headers_mut(), false);
+    route.response_headers.apply(resp.headers_mut());
+    if let Some(c) = new_cookie {
+        if let Ok(v) = HeaderValue::from_str(&c.set_cookie()) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
     let mut done = StreamDone { pool: fw.pool, flight: Some(fw.flight), log: None, bytes_sent: 0, complete: false };
     if resp.body().is_end_stream() {
         done.complete = true;

@@ -11,19 +11,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::local_reply::Flag;
 use super::request_body::{RequestBody, Tee};
 use crate::telemetry::stats::ClusterStats;
-use crate::upstream::pool::{connect_tcp, ConnectError};
+use crate::upstream::pool::{connect_tcp, ConnectError, H1Conn};
 use crate::upstream::{Cluster, Endpoint};
 
 /// Hands an HTTP/1.1 connection back to its pool; made only once the response body is complete.
 pub struct PoolReturn {
     endpoint: Arc<Endpoint>,
-    sender: http1::SendRequest<RequestBody>,
+    conn: H1Conn,
     stats: ClusterStats,
+    max_uses: Option<u32>,
+    max_age: Option<std::time::Duration>,
 }
 
 impl PoolReturn {
     pub fn give_back(self) {
-        self.endpoint.pool.put_h1(self.sender);
+        self.endpoint.pool.put_h1(self.conn, self.max_uses, self.max_age);
         self.stats.connection_freed();
     }
 }
@@ -103,7 +105,7 @@ impl Outgoing {
 
 /// Opens a TCP connection, counting it against the cluster's stats.
 pub async fn open(cluster: &Cluster, ep: &Endpoint) -> Result<tokio::net::TcpStream, Flag> {
-    match connect_tcp(ep.addr, cluster.config.connect_timeout).await {
+    match connect_tcp(ep.addr, cluster.config.connect_timeout, cluster.config.tcp_keepalive.as_ref()).await {
         Ok(s) => {
             cluster.stats.cx.inc();
             Ok(s)
@@ -141,7 +143,13 @@ async fn send_h1(
     again: bool,
 ) -> Result<(Response<Incoming>, Option<PoolReturn>), Flag> {
     out.version = Version::HTTP_11;
-    let pool_return = |sender| PoolReturn { endpoint: ep.clone(), sender, stats: cluster.stats.clone() };
+    let pool_return = |conn| PoolReturn {
+        endpoint: ep.clone(),
+        conn,
+        stats: cluster.stats.clone(),
+        max_uses: cluster.config.max_requests_per_connection,
+        max_age: cluster.config.max_connection_duration,
+    };
     // Reuse idle connections. One that turns out closed before it took the request is skipped;
     // one that closes after taking it but before answering (the keep-alive race: the server
     // timed it out as we wrote) costs no failure when the request can be sent again: it is, once,
@@ -149,22 +157,23 @@ async fn send_h1(
     let mut raced = false;
     loop {
         let mut sender = match ep.pool.take_h1(cluster.config.idle_timeout) {
-            Some(inner) => H1 { inner, fresh: false },
+            Some(conn) => H1 { conn, fresh: false },
             None => match open_h1(cluster, ep).await? {
                 Some(s) => s,
                 // At max_connections with nothing idle: wait for a connection to come back.
                 None => continue,
             },
         };
-        if sender.inner.ready().await.is_err() {
+        if sender.conn.sender.ready().await.is_err() {
             continue;
         }
         let fresh = sender.fresh;
         let Some(req) = out.request(again || (!fresh && out.can_send())) else {
             return Err(Flag::UpstreamConnectionTermination);
         };
-        match sender.inner.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, Some(pool_return(sender.inner)))),
+        sender.conn.uses += 1;
+        match sender.conn.sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, Some(pool_return(sender.conn)))),
             Err(mut e) => match e.take_message() {
                 Some(r) => out.put_back(r),
                 None => {
@@ -184,7 +193,7 @@ async fn send_h1(
 
 /// An HTTP/1.1 sender and whether it was opened for this request.
 struct H1 {
-    inner: http1::SendRequest<RequestBody>,
+    conn: H1Conn,
     fresh: bool,
 }
 
@@ -204,7 +213,7 @@ async fn open_h1(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<Option<H1>, Fl
             stats.cx_active.dec();
             stats.connection_freed();
         });
-        return Ok(Some(H1 { inner: sender, fresh: true }));
+        return Ok(Some(H1 { conn: H1Conn { sender, created: std::time::Instant::now(), uses: 0 }, fresh: true }));
     }
     stats.cx_overflow.inc();
     let Some(_pending) = stats.begin_pending() else {
@@ -224,12 +233,13 @@ async fn send_h2(
     out.version = Version::HTTP_2;
     let mut raced = false;
     loop {
-        let (mut sender, fresh) = match ep.pool.h2() {
+        let max_uses = cluster.config.max_requests_per_connection;
+        let (mut sender, fresh) = match ep.pool.h2(max_uses) {
             Some(s) => (s, false),
             None => {
                 // One connection per endpoint and worker: concurrent first requests share it.
                 let _connecting = ep.pool.h2_connect_lock().await;
-                match ep.pool.h2() {
+                match ep.pool.h2(max_uses) {
                     Some(s) => (s, false),
                     None => (open_h2(cluster, ep).await?, true),
                 }
@@ -277,6 +287,13 @@ async fn open_h2(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<http2::SendReq
     let idle = cluster.config.idle_timeout;
     let uses = ep.pool.set_h2(sender.clone());
     let endpoint = ep.clone();
+    if let Some(d) = cluster.config.max_connection_duration {
+        let (ep, uses) = (ep.clone(), uses.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            ep.pool.retire_h2(&uses);
+        });
+    }
     tokio::spawn(async move {
         tokio::pin!(conn);
         // Closed after `idle_timeout` without a request started or in flight, as the HTTP/1.1

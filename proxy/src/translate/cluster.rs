@@ -68,17 +68,50 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
             LbPolicy::LeastRequest { choice_count }
         }
         Ok(PbLb::ClusterProvided) if discovery == DiscoveryType::OriginalDst => LbPolicy::ClusterProvided,
+        Ok(PbLb::RingHash) => {
+            let (min, max) = match &c.lb_config {
+                Some(LbConfig::RingHashLbConfig(r)) => (
+                    r.minimum_ring_size.map(|v| v.value).unwrap_or(1024),
+                    r.maximum_ring_size.map(|v| v.value).unwrap_or(8 * 1024 * 1024),
+                ),
+                _ => (1024, 8 * 1024 * 1024),
+            };
+            if min == 0 || min > max || max > 8 * 1024 * 1024 {
+                return Err(ctx.field("ring_hash_lb_config.minimum_ring_size").err("must be between 1 and maximum_ring_size (at most 8M)"));
+            }
+            LbPolicy::RingHash { min_size: min, max_size: max }
+        }
+        Ok(PbLb::Maglev) => {
+            let size = match &c.lb_config {
+                Some(LbConfig::MaglevLbConfig(m)) => m.table_size.map(|v| v.value).unwrap_or(65537),
+                _ => 65537,
+            };
+            if !crate::upstream::hash::is_prime(size) || size > 5_000_011 {
+                return Err(ctx.field("maglev_lb_config.table_size").err("must be a prime no larger than 5000011"));
+            }
+            LbPolicy::Maglev { table_size: size }
+        }
         _ => {
             return Err(ctx
                 .field("lb_policy")
-                .err("only ROUND_ROBIN, LEAST_REQUEST and RANDOM are supported (CLUSTER_PROVIDED with ORIGINAL_DST)"))
+                .err("only ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH and MAGLEV are supported (CLUSTER_PROVIDED with ORIGINAL_DST)"))
         }
     };
     if discovery == DiscoveryType::OriginalDst && c.load_assignment.is_some() {
         return Err(ctx.field("load_assignment").err("an ORIGINAL_DST cluster has no configured endpoints"));
     }
-    if matches!(c.lb_config, Some(LbConfig::LeastRequestLbConfig(_))) && !matches!(lb, LbPolicy::LeastRequest { .. }) {
-        return Err(ctx.field("least_request_lb_config").err("only valid with lb_policy LEAST_REQUEST"));
+    let mismatched = match &c.lb_config {
+        Some(LbConfig::LeastRequestLbConfig(_)) => {
+            (!matches!(lb, LbPolicy::LeastRequest { .. })).then_some("least_request_lb_config")
+        }
+        Some(LbConfig::RingHashLbConfig(_)) => {
+            (!matches!(lb, LbPolicy::RingHash { .. })).then_some("ring_hash_lb_config")
+        }
+        Some(LbConfig::MaglevLbConfig(_)) => (!matches!(lb, LbPolicy::Maglev { .. })).then_some("maglev_lb_config"),
+        _ => None,
+    };
+    if let Some(field) = mismatched {
+        return Err(ctx.field(field).err("does not match lb_policy"));
     }
     let connect_timeout = duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5));
     if connect_timeout.is_zero() {
@@ -105,6 +138,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
     }
     let mut idle_timeout = Some(Duration::from_secs(3600));
     let mut max_requests_per_connection = None;
+    let mut max_connection_duration = None;
     for (key, any) in &c.typed_extension_protocol_options {
         let octx = ctx.field(&format!("typed_extension_protocol_options[{key}]"));
         if key != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
@@ -121,6 +155,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
                 idle_timeout = duration(&common.idle_timeout).filter(|d| !d.is_zero());
             }
             max_requests_per_connection = common.max_requests_per_connection.map(|v| v.value).filter(|v| *v > 0);
+            max_connection_duration = duration(&common.max_connection_duration).filter(|d| !d.is_zero());
         }
         match &opts.upstream_protocol_options {
             Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
@@ -181,7 +216,16 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         Some(p) if (0.0..=100.0).contains(&p.value) => p.value,
         Some(_) => return Err(ctx.field("common_lb_config.healthy_panic_threshold").err("must be between 0 and 100")),
     };
+    let tcp_keepalive = c.upstream_connection_options.as_ref().and_then(|u| u.tcp_keepalive.as_ref()).map(|k| {
+        crate::config::cluster::TcpKeepalive {
+            probes: k.keepalive_probes.map(|v| v.value),
+            time: k.keepalive_time.map(|v| std::time::Duration::from_secs(v.value as u64)),
+            interval: k.keepalive_interval.map(|v| std::time::Duration::from_secs(v.value as u64)),
+        }
+    });
     Ok(ClusterConfig {
+        max_connection_duration,
+        tcp_keepalive,
         circuit_breakers,
         outlier,
         panic_threshold,
@@ -325,6 +369,12 @@ fn outlier(
         success_rate_stdev_factor: u(&o.success_rate_stdev_factor, 1900),
         enforcing_success_rate: pct("enforcing_success_rate", &o.enforcing_success_rate, 100)?,
     };
+    // The local-origin success-rate detector is not implemented: only "off" can be set.
+    if o.enforcing_local_origin_success_rate.is_some_and(|v| v.value != 0) {
+        return Err(ctx
+            .field("enforcing_local_origin_success_rate")
+            .err("only 0 is supported (no local-origin success-rate detection)"));
+    }
     if out.interval.is_zero() {
         return Err(ctx.field("interval").err("must be greater than 0"));
     }

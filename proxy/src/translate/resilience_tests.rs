@@ -142,3 +142,37 @@ fn fault_filter_refuses_what_it_cannot_honour_by_name() {
     filters.reverse();
     assert!(err_of(&b).contains("router"));
 }
+
+#[test]
+fn hash_balancers_compile_their_table_sizes_and_refuse_bad_ones() {
+    use crate::config::LbPolicy;
+    let r = json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}});
+    let b = compile(&with(
+        r.clone(),
+        json!({}),
+        json!({"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 64}}),
+    ))
+    .unwrap();
+    assert_eq!(b.clusters[0].lb, LbPolicy::RingHash { min_size: 64, max_size: 8 * 1024 * 1024 });
+    let b =
+        compile(&with(r.clone(), json!({}), json!({"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 1031}})))
+            .unwrap();
+    assert_eq!(b.clusters[0].lb, LbPolicy::Maglev { table_size: 1031 });
+    let e =
+        err_of(&with(r.clone(), json!({}), json!({"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 1000}})));
+    assert!(e.contains("maglev_lb_config.table_size"), "{e}");
+    let e = err_of(&with(
+        r.clone(),
+        json!({}),
+        json!({"lb_policy": "ROUND_ROBIN", "maglev_lb_config": {"table_size": 1031}}),
+    ));
+    assert!(e.contains("maglev_lb_config"), "{e}");
+    let c = json!({"outlier_detection": {"enforcing_local_origin_success_rate": 0}});
+    compile(&with(r.clone(), json!({}), c)).unwrap();
+    let c = json!({"outlier_detection": {"enforcing_local_origin_success_rate": 100}});
+    assert!(err_of(&with(r.clone(), json!({}), c)).contains("enforcing_local_origin_success_rate"));
+    // Header values: %% is a literal %, other format operators are refused.
+    let mut rr = r;
+    rr["request_headers_to_add"] = json!([{"header": {"key": "x", "value": "%REQ(host)%"}}]);
+    assert!(err_of(&with(rr, json!({}), json!({}))).contains("request_headers_to_add[0].header.value"));
+}

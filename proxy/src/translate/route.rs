@@ -228,6 +228,20 @@ fn route(ctx: &Ctx, r: &PbRoute, vh: &PbVirtualHost) -> Result<Route, ConfigErro
             Ok((name.as_str().into(), c))
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
+    let request_headers = header_ops(
+        ctx,
+        "request_headers_to_add",
+        &r.request_headers_to_add,
+        "request_headers_to_remove",
+        &r.request_headers_to_remove,
+    )?;
+    let response_headers = header_ops(
+        ctx,
+        "response_headers_to_add",
+        &r.response_headers_to_add,
+        "response_headers_to_remove",
+        &r.response_headers_to_remove,
+    )?;
     Ok(Route {
         name: r.name.clone(),
         path,
@@ -237,6 +251,8 @@ fn route(ctx: &Ctx, r: &PbRoute, vh: &PbVirtualHost) -> Result<Route, ConfigErro
         grpc: m.grpc.is_some(),
         action,
         per_filter: PerFilter(per_filter.into_boxed_slice()),
+        request_headers,
+        response_headers,
     })
 }
 
@@ -403,6 +419,13 @@ fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError
         mirrors,
         buffer_limit: DEFAULT_BUFFER_LIMIT,
         attempt_count_header: false,
+        hash_policy: a
+            .hash_policy
+            .iter()
+            .enumerate()
+            .map(|(i, h)| hash_policy(&ctx.index("hash_policy", i), h))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice(),
     })
 }
 
@@ -514,6 +537,96 @@ fn mirror(
         }
     };
     Ok(Mirror { cluster: m.cluster.clone(), numerator, denominator, keep_host: m.disable_shadow_host_suffix_append })
+}
+
+fn hash_policy(
+    ctx: &Ctx,
+    h: &envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy,
+) -> Result<HashPolicy, ConfigError> {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier as P;
+    let key = match &h.policy_specifier {
+        Some(P::Header(hd)) => {
+            HashKey::Header(http::HeaderName::from_bytes(hd.header_name.as_bytes()).map_err(|_| {
+                ctx.field("header.header_name").err(format!("invalid header name \"{}\"", hd.header_name))
+            })?)
+        }
+        Some(P::Cookie(c)) => {
+            if c.name.is_empty() {
+                return Err(ctx.field("cookie.name").err("a cookie name is required"));
+            }
+            HashKey::Cookie {
+                name: c.name.clone(),
+                ttl: duration(&c.ttl),
+                path: (!c.path.is_empty()).then(|| c.path.clone()),
+            }
+        }
+        Some(P::ConnectionProperties(cp)) if cp.source_ip => HashKey::SourceIp,
+        Some(P::ConnectionProperties(_)) => {
+            return Err(ctx.field("connection_properties.source_ip").err("must be true"))
+        }
+        Some(P::QueryParameter(q)) if !q.name.is_empty() => HashKey::Query(q.name.clone()),
+        Some(P::QueryParameter(_)) => {
+            return Err(ctx.field("query_parameter.name").err("a parameter name is required"))
+        }
+        Some(_) => return Err(ctx.err("unsupported hash policy")),
+        None => {
+            return Err(ctx.err("a hash policy (header, cookie, connection_properties, query_parameter) is required"))
+        }
+    };
+    Ok(HashPolicy { key, terminal: h.terminal })
+}
+
+/// Route header additions and removals. Values are Envoy format strings: `%%` is a literal `%`;
+/// command operators (`%REQ(...)%`, ...) are not implemented and refused.
+fn header_ops(
+    ctx: &Ctx,
+    add_field: &str,
+    add: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption],
+    remove_field: &str,
+    remove: &[String],
+) -> Result<HeaderOps, ConfigError> {
+    let mut ops = HeaderOps::default();
+    for (i, o) in add.iter().enumerate() {
+        let octx = ctx.index(add_field, i);
+        let hv = o.header.as_ref().ok_or_else(|| octx.field("header").err("header is required"))?;
+        let name = http::HeaderName::from_bytes(hv.key.as_bytes())
+            .map_err(|_| octx.field("header.key").err(format!("invalid header name \"{}\"", hv.key)))?;
+        if hv.key.starts_with(':') || name == http::header::HOST {
+            return Err(octx.field("header.key").err("pseudo-headers and host cannot be set here"));
+        }
+        let literal = unescape_format(&hv.value).ok_or_else(|| {
+            octx.field("header.value").err("format operators (%...%) are not supported; write %% for %")
+        })?;
+        let value = http::HeaderValue::from_str(&literal)
+            .map_err(|_| octx.field("header.value").err("invalid header value"))?;
+        let action = match o.append_action {
+            0 => AppendAction::AppendIfExistsOrAdd,
+            1 => AppendAction::AddIfAbsent,
+            2 => AppendAction::OverwriteIfExistsOrAdd,
+            3 => AppendAction::OverwriteIfExists,
+            _ => return Err(octx.field("append_action").err("unknown value")),
+        };
+        ops.add.push((name, value, action));
+    }
+    for (i, n) in remove.iter().enumerate() {
+        let name = http::HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| ctx.index(remove_field, i).err(format!("invalid header name \"{n}\"")))?;
+        ops.remove.push(name);
+    }
+    Ok(ops)
+}
+
+/// `%%` → `%`; None when the value has a format operator.
+fn unescape_format(v: &str) -> Option<String> {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '%' && chars.next() != Some('%') {
+            return None;
+        }
+        out.push(c);
+    }
+    Some(out)
 }
 
 /// RE2's substitution syntax (`\1` for a group, `\\` for a backslash) in the `regex` crate's

@@ -75,9 +75,9 @@ fn unsupported_field_names_resource_and_path() {
 #[test]
 fn unsupported_cluster_field_is_refused() {
     let yaml = with_filters(ROUTER)
-        .replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    upstream_connection_options: {}\n");
+        .replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    respect_dns_ttl: true\n");
     let err = compile(&yaml).unwrap_err().to_string();
-    assert!(err.contains("cluster \"app\"") && err.contains("upstream_connection_options"), "{err}");
+    assert!(err.contains("cluster \"app\"") && err.contains("respect_dns_ttl"), "{err}");
 }
 
 #[test]

@@ -28,6 +28,8 @@ pub struct EndpointSet {
     pub list: Vec<Arc<Endpoint>>,
     /// Smooth weighted round-robin order, when weights differ.
     pub(crate) schedule: Option<Vec<u32>>,
+    /// RING_HASH / MAGLEV: the table, built for this set.
+    pub(crate) table: Option<super::hash::Table>,
     /// Endpoints the balancer must skip (ejected, failing health checks, EDS-unhealthy): while
     /// 0, picking needs no health check.
     pub(crate) unavailable: AtomicUsize,
@@ -71,10 +73,16 @@ impl Endpoint {
 }
 
 impl EndpointSet {
-    pub fn new(list: Vec<Arc<Endpoint>>) -> EndpointSet {
+    pub fn new(list: Vec<Arc<Endpoint>>, lb: &crate::config::LbPolicy) -> EndpointSet {
+        use crate::config::LbPolicy;
         let schedule = lb::weighted_schedule(&list);
         let unavailable = AtomicUsize::new(list.iter().filter(|e| !e.available()).count());
-        EndpointSet { list, schedule, unavailable }
+        let table = match *lb {
+            LbPolicy::RingHash { min_size, max_size } => super::hash::Table::ring(&list, min_size, max_size),
+            LbPolicy::Maglev { table_size } => super::hash::Table::maglev(&list, table_size),
+            _ => None,
+        };
+        EndpointSet { list, schedule, table, unavailable }
     }
 }
 
@@ -129,11 +137,12 @@ impl Cluster {
         };
         let stats = ClusterStats::named(&config.name);
         stats.set_limits(&config.circuit_breakers);
+        let set = EndpointSet::new(list, &config.lb);
         let cluster = Arc::new(Cluster {
             name: config.name.clone(),
             stats,
             config,
-            endpoints: ArcSwap::from_pointee(EndpointSet::new(list)),
+            endpoints: ArcSwap::from_pointee(set),
             rr: AtomicUsize::new(0),
         });
         cluster.membership_changed();
@@ -152,7 +161,7 @@ impl Cluster {
             return;
         }
         let list = carry_over(&old, addrs);
-        self.endpoints.store(Arc::new(EndpointSet::new(list)));
+        self.endpoints.store(Arc::new(EndpointSet::new(list, &self.config.lb)));
         self.membership_changed();
     }
 
@@ -168,15 +177,25 @@ impl Cluster {
     /// Picks an endpoint by the cluster's policy; None when there is none.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
         let set = self.endpoints.load();
-        lb::pick(self, &set).cloned()
+        lb::pick(self, &set, None).cloned()
+    }
+
+    /// As [`Cluster::pick`], with the request's hash for RING_HASH and MAGLEV.
+    pub fn pick_hashed(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
+        let set = self.endpoints.load();
+        lb::pick(self, &set, hash).cloned()
     }
 
     /// As [`Cluster::pick`], for a connection whose original destination is `original_dst`:
     /// an ORIGINAL_DST cluster sends it there (a fresh endpoint; passthrough is not pooled).
     pub fn pick_for(&self, original_dst: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        self.pick_for_hashed(original_dst, None)
+    }
+
+    pub fn pick_for_hashed(&self, original_dst: Option<SocketAddr>, hash: Option<u64>) -> Option<Arc<Endpoint>> {
         match self.config.discovery {
             crate::config::DiscoveryType::OriginalDst => original_dst.map(|a| Endpoint::new(a, 1)),
-            _ => self.pick(),
+            _ => self.pick_hashed(hash),
         }
     }
 
@@ -186,7 +205,7 @@ impl Cluster {
         let set = self.endpoints.load();
         let mut last = None;
         for _ in 0..attempts.max(1) {
-            let e = lb::pick(self, &set)?;
+            let e = lb::pick(self, &set, None)?;
             if !avoid.contains(&e.addr) {
                 return Some(e.clone());
             }

@@ -92,6 +92,8 @@ mod tests {
             outlier: None,
             panic_threshold: 50.0,
             max_requests_per_connection: None,
+            max_connection_duration: None,
+            tcp_keepalive: None,
         })
     }
 

@@ -14,15 +14,22 @@ const MAX_SCHEDULE: u64 = 4096;
 /// health checks, EDS-unhealthy), the policy's pick is repeated until it lands on one that is
 /// not, unless fewer than `healthy_panic_threshold` percent are available: then, as Envoy's
 /// panic mode, all of them are candidates.
-pub fn pick<'a>(cluster: &Cluster, set: &'a EndpointSet) -> Option<&'a Arc<Endpoint>> {
+pub fn pick<'a>(cluster: &Cluster, set: &'a EndpointSet, hash: Option<u64>) -> Option<&'a Arc<Endpoint>> {
     let unavailable = set.unavailable.load(Ordering::Relaxed);
-    if unavailable == 0 {
-        return pick_any(cluster, set);
-    }
     let n = set.list.len();
     let available = n.saturating_sub(unavailable);
-    if (available as f64) * 100.0 < cluster.config.panic_threshold * n as f64 || available == 0 {
+    let panic =
+        unavailable > 0 && ((available as f64) * 100.0 < cluster.config.panic_threshold * n as f64 || available == 0);
+    if panic {
         cluster.stats.lb_healthy_panic.inc();
+    }
+    // Consistent hashing: the key's place in the table (without a key, a random endpoint).
+    if let Some(t) = &set.table {
+        let h = hash.unwrap_or_else(|| fastrand::u64(..));
+        let i = t.pick(h, n, |i| panic || unavailable == 0 || set.list[i].available())?;
+        return set.list.get(i);
+    }
+    if unavailable == 0 || panic {
         return pick_any(cluster, set);
     }
     for _ in 0..2 * n {
@@ -50,7 +57,9 @@ fn pick_any<'a>(cluster: &Cluster, set: &'a EndpointSet) -> Option<&'a Arc<Endpo
                 None => set.list.get(i % n),
             }
         }
-        LbPolicy::Random | LbPolicy::ClusterProvided => set.list.get(fastrand::usize(0..n)),
+        LbPolicy::Random | LbPolicy::ClusterProvided | LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+            set.list.get(fastrand::usize(0..n))
+        }
         LbPolicy::LeastRequest { choice_count } => {
             let mut best: Option<&Arc<Endpoint>> = None;
             for _ in 0..choice_count {
@@ -124,6 +133,8 @@ mod tests {
             outlier: None,
             panic_threshold: 50.0,
             max_requests_per_connection: None,
+            max_connection_duration: None,
+            tcp_keepalive: None,
         })
     }
 

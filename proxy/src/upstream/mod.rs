@@ -1,6 +1,7 @@
 //! Clusters, endpoints, load balancing and connection pools.
 pub mod cluster;
 pub mod dns;
+pub mod hash;
 pub mod lb;
 pub mod outlier;
 pub mod pool;

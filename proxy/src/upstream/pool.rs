@@ -34,10 +34,19 @@ fn worker_id() -> usize {
     WORKER_ID.with(|w| w.get())
 }
 
+/// An HTTP/1.1 connection with what `max_requests_per_connection` and
+/// `max_connection_duration` need to know.
+pub struct H1Conn {
+    pub sender: http1::SendRequest<RequestBody>,
+    pub created: std::time::Instant,
+    /// Requests sent on it so far.
+    pub uses: u32,
+}
+
 #[derive(Default)]
 struct Slot {
     /// Idle connections with the time they went idle.
-    h1: Vec<(http1::SendRequest<RequestBody>, std::time::Instant)>,
+    h1: Vec<(H1Conn, std::time::Instant)>,
     /// The connection, and how many requests took it (its idle watcher reads that).
     h2: Option<(http2::SendRequest<RequestBody>, Arc<AtomicU64>)>,
 }
@@ -88,10 +97,10 @@ impl Pool {
 
     /// An idle HTTP/1.1 connection that the peer has not closed and that has not been idle for
     /// longer than the cluster's `idle_timeout` (older ones are dropped, which closes them).
-    pub fn take_h1(&self, idle_timeout: Option<Duration>) -> Option<http1::SendRequest<RequestBody>> {
+    pub fn take_h1(&self, idle_timeout: Option<Duration>) -> Option<H1Conn> {
         let mut s = self.slot();
         while let Some((c, since)) = s.h1.pop() {
-            if c.is_closed() || idle_timeout.is_some_and(|t| since.elapsed() > t) {
+            if c.sender.is_closed() || idle_timeout.is_some_and(|t| since.elapsed() > t) {
                 continue;
             }
             return Some(c);
@@ -99,8 +108,13 @@ impl Pool {
         None
     }
 
-    pub fn put_h1(&self, c: http1::SendRequest<RequestBody>) {
-        if c.is_closed() {
+    /// Keeps `c` for reuse, unless it is closed or has reached `max_uses` or `max_age`
+    /// (then it is dropped, which closes it).
+    pub fn put_h1(&self, c: H1Conn, max_uses: Option<u32>, max_age: Option<Duration>) {
+        if c.sender.is_closed()
+            || max_uses.is_some_and(|m| c.uses >= m)
+            || max_age.is_some_and(|m| c.created.elapsed() >= m)
+        {
             return;
         }
         let mut s = self.slot();
@@ -109,10 +123,11 @@ impl Pool {
         }
     }
 
-    pub fn h2(&self) -> Option<http2::SendRequest<RequestBody>> {
+    /// This worker's HTTP/2 connection, unless it is closed or has carried `max_uses` streams.
+    pub fn h2(&self, max_uses: Option<u32>) -> Option<http2::SendRequest<RequestBody>> {
         let mut s = self.slot();
         match &s.h2 {
-            Some((c, uses)) if !c.is_closed() => {
+            Some((c, uses)) if !c.is_closed() && max_uses.is_none_or(|m| uses.load(Ordering::Relaxed) < m as u64) => {
                 uses.fetch_add(1, Ordering::Relaxed);
                 Some(c.clone())
             }
@@ -141,6 +156,18 @@ impl Pool {
         self.slot().h2 = None;
     }
 
+    /// Forgets the HTTP/2 connection whose use counter is `uses`, if it is still a worker's
+    /// (its `max_connection_duration` is up: no new streams; it closes once its streams end).
+    pub fn retire_h2(&self, uses: &Arc<AtomicU64>) {
+        let Some(inner) = self.0.get() else { return };
+        for slot in inner.slots.iter() {
+            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if s.h2.as_ref().is_some_and(|(_, u)| Arc::ptr_eq(u, uses)) {
+                s.h2 = None;
+            }
+        }
+    }
+
     pub fn idle_h1(&self) -> usize {
         let Some(inner) = self.0.get() else { return 0 };
         inner.slots.iter().map(|s| s.lock().map(|s| s.h1.len()).unwrap_or(0)).sum()
@@ -155,8 +182,48 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
 }
 
-pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<&crate::config::cluster::TcpKeepalive>,
+) -> Result<TcpStream, ConnectError> {
     let s = tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| ConnectError::Timeout)??;
     let _ = s.set_nodelay(true);
+    if let Some(k) = keepalive {
+        let mut ka = socket2::TcpKeepalive::new();
+        if let Some(t) = k.time {
+            ka = ka.with_time(t);
+        }
+        if let Some(i) = k.interval {
+            ka = ka.with_interval(i);
+        }
+        if let Some(p) = k.probes {
+            ka = ka.with_retries(p);
+        }
+        socket2::SockRef::from(&s).set_tcp_keepalive(&ka)?;
+    }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_keepalive_options_are_set_on_the_socket() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ka = crate::config::cluster::TcpKeepalive {
+            probes: Some(4),
+            time: Some(Duration::from_secs(70)),
+            interval: Some(Duration::from_secs(9)),
+        };
+        let s = connect_tcp(l.local_addr().unwrap(), Duration::from_secs(2), Some(&ka)).await.unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(70));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(9));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        let plain = connect_tcp(l.local_addr().unwrap(), Duration::from_secs(2), None).await.unwrap();
+        assert!(!socket2::SockRef::from(&plain).keepalive().unwrap());
+    }
 }

@@ -5,31 +5,18 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, Locality};
+use envoy_types::pb::envoy::config::core::v3::Locality;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions,
-};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::google::protobuf::Any;
 
+use super::traffic_policy::{self, Direction, Policy};
 use super::{ads, cluster_name, seconds, socket, to_any, u32_value, Index, ProxyInfo, CLUSTER, ENDPOINT};
 use crate::istio::model::{
-    DestinationRule, Metadata, OutboundMode, Port, Resolution, ServiceEntry, SimpleLb, WorkloadEntry,
+    DestinationRule, Metadata, OutboundMode, Port, Resolution, ServiceEntry, Subset, WorkloadEntry,
 };
 use crate::istio::Registry;
-
-const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
-
-fn lb_policy(lb: Option<SimpleLb>) -> LbPolicy {
-    match lb {
-        Some(SimpleLb::LeastRequest) | Some(SimpleLb::LeastConn) => LbPolicy::LeastRequest,
-        Some(SimpleLb::Random) => LbPolicy::Random,
-        _ => LbPolicy::RoundRobin,
-    }
-}
 
 fn endpoint(address: &str, port: u32, weight: Option<u32>) -> LbEndpoint {
     LbEndpoint {
@@ -94,7 +81,8 @@ struct HostCluster<'a> {
     name: String,
     port: &'a Port,
     subset: &'a str,
-    lb: Option<SimpleLb>,
+    /// The DestinationRule's traffic policy for this port and subset.
+    policy: Policy<'a>,
     /// The ServiceEntry's endpoints that the subset selects (all of them for no subset).
     selected: Vec<&'a WorkloadEntry>,
 }
@@ -123,20 +111,17 @@ fn host_clusters<'a>(
     eps: &[&'a WorkloadEntry],
 ) -> Vec<HostCluster<'a>> {
     static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
-    let base_lb = dr.and_then(|d| d.traffic_policy.as_ref()?.load_balancer.as_ref()?.simple);
-    let mut subsets: Vec<(&str, &BTreeMap<String, String>, Option<SimpleLb>)> = vec![("", &NO_LABELS, base_lb)];
+    let mut subsets: Vec<(&str, &BTreeMap<String, String>, Option<&Subset>)> = vec![("", &NO_LABELS, None)];
     if let Some(d) = dr {
-        for s in &d.subsets {
-            let lb = s.traffic_policy.as_ref().and_then(|t| t.load_balancer.as_ref()?.simple).or(base_lb);
-            subsets.push((&s.name, &s.labels, lb));
-        }
+        subsets.extend(d.subsets.iter().map(|s| (s.name.as_str(), &s.labels, Some(s))));
     }
     let mut out = Vec::with_capacity(se.ports.len() * subsets.len());
     for port in &se.ports {
-        for &(subset, labels, lb) in &subsets {
+        for &(subset, labels, s) in &subsets {
             let selected =
                 eps.iter().copied().filter(|we| labels.iter().all(|(k, v)| we.labels.get(k) == Some(v))).collect();
-            out.push(HostCluster { name: cluster_name(port.number, subset, host), port, subset, lb, selected });
+            let policy = traffic_policy::policy_for(dr, s, port.number);
+            out.push(HostCluster { name: cluster_name(port.number, subset, host), port, subset, policy, selected });
         }
     }
     out
@@ -169,6 +154,8 @@ fn discovery(t: DiscoveryType) -> Option<ClusterDiscoveryType> {
 /// Returns (clusters, cluster load assignments) by name.
 pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, BTreeMap<String, Any>) {
     let reg = idx.reg;
+    // Proxyless gRPC clients take the traffic policy as istiod's grpcgen gives it.
+    let proxyless = idx.proxy.proxyless;
     let mut clusters = BTreeMap::new();
     let mut cla = BTreeMap::new();
     for (meta, se) in &reg.service_entries {
@@ -176,29 +163,11 @@ pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, 
         for host in se.hosts.iter().filter(|h| idx.visible(meta, h)) {
             for hc in host_clusters(se, host, idx.destination_rule(host), &eps) {
                 let port = hc.port;
-                let mut c = Cluster {
-                    name: hc.name.clone(),
-                    connect_timeout: seconds(10),
-                    lb_policy: lb_policy(hc.lb) as i32,
-                    ..Default::default()
-                };
-                if port.is_http() && port.protocol.eq_ignore_ascii_case("http2")
-                    || port.protocol.eq_ignore_ascii_case("grpc")
-                {
-                    let h2 = HttpProtocolOptions {
-                        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                            ExplicitHttpConfig {
-                                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                                    Http2ProtocolOptions::default(),
-                                )),
-                            },
-                        )),
-                        ..Default::default()
-                    };
-                    c.typed_extension_protocol_options.insert(
-                        HTTP_PROTOCOL_OPTIONS.to_string(),
-                        to_any(&format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"), &h2),
-                    );
+                let mut c = Cluster { name: hc.name.clone(), ..Default::default() };
+                if proxyless {
+                    traffic_policy::apply_proxyless(&mut c, &hc.policy, port);
+                } else {
+                    traffic_policy::apply(&mut c, &hc.policy, port, Direction::Outbound);
                 }
                 if is_dns(se) {
                     // DNS: the proxy resolves; without endpoints, the host itself.
@@ -232,28 +201,35 @@ pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, 
     };
     clusters.insert(black_hole.name.clone(), to_any(CLUSTER, &black_hole));
     let passthrough = |name: &str| {
-        let c = Cluster {
+        let mut c = Cluster {
             name: name.to_string(),
             cluster_discovery_type: discovery(DiscoveryType::OriginalDst),
             lb_policy: LbPolicy::ClusterProvided as i32,
-            connect_timeout: seconds(10),
             ..Default::default()
         };
+        // istiod's passthrough clusters take the default connection pool (circuit breakers);
+        // proxyless gRPC clients get none from istiod, so nothing more than before here.
+        if proxyless {
+            c.connect_timeout = seconds(10);
+        } else {
+            traffic_policy::apply_defaults(&mut c);
+        }
         (c.name.clone(), to_any(CLUSTER, &c))
     };
     if mode == OutboundMode::AllowAny {
         clusters.extend([passthrough("PassthroughCluster")]);
     }
     clusters.extend([passthrough("InboundPassthroughCluster")]);
-    // Inbound: the proxy's own workload, on loopback.
+    // Inbound: the proxy's own workload, on loopback. As istiod's `buildInboundCluster`, the
+    // service's DestinationRule sets the connection pool (the server side of its limits).
     for (_, se) in idx.owned() {
+        let dr = se.hosts.first().and_then(|h| idx.destination_rule(h));
         for port in &se.ports {
             let target = port.target_port.unwrap_or(port.number);
             let name = format!("inbound|{target}||");
             clusters.entry(name.clone()).or_insert_with(|| {
-                let c = Cluster {
+                let mut c = Cluster {
                     cluster_discovery_type: discovery(DiscoveryType::Static),
-                    connect_timeout: seconds(10),
                     load_assignment: Some(ClusterLoadAssignment {
                         cluster_name: name.clone(),
                         endpoints: vec![LocalityLbEndpoints {
@@ -265,6 +241,12 @@ pub fn clusters(idx: &Index<'_>, mode: OutboundMode) -> (BTreeMap<String, Any>, 
                     name,
                     ..Default::default()
                 };
+                if proxyless {
+                    c.connect_timeout = seconds(10);
+                } else {
+                    let policy = traffic_policy::policy_for(dr, None, port.number);
+                    traffic_policy::apply(&mut c, &policy, port, Direction::Inbound);
+                }
                 to_any(CLUSTER, &c)
             });
         }

@@ -17,7 +17,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::google::protobuf::Any;
 
-use super::{ads, bool_value, cluster_name, pb_duration, socket, to_any, u32_value, Index, ProxyInfo, LISTENER};
+use super::{
+    ads, bool_value, cluster_name, pb_duration, route_policy, socket, to_any, u32_value, Index, ProxyInfo, LISTENER,
+};
 use crate::istio::model::{OutboundMode, RouteDestination, TcpMatch};
 
 const HCM: &str =
@@ -25,12 +27,19 @@ const HCM: &str =
 const TCP: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 
+/// istiod's HTTP filters, of those outrigger generates: the fault filter (an empty HTTPFault,
+/// for the faults routes configure in `typed_per_filter_config`) before the router, which is
+/// last. istiod puts them in every connection manager: outbound, inbound and proxyless gRPC.
 fn http_filters() -> Vec<HttpFilter> {
-    vec![HttpFilter {
-        name: "envoy.filters.http.router".into(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(ROUTER, &Router::default()))),
+    let filter = |name: &str, config: Any| HttpFilter {
+        name: name.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
         ..Default::default()
-    }]
+    };
+    vec![
+        filter(route_policy::FAULT_FILTER, route_policy::empty_fault_filter()),
+        filter("envoy.filters.http.router", to_any(ROUTER, &Router::default())),
+    ]
 }
 
 fn network_filter(name: &str, typed_config: Any) -> Filter {

@@ -10,7 +10,9 @@
 //! generation, so the cost grows linearly with the number of services.
 mod clusters;
 mod listeners;
+mod route_policy;
 mod routes;
+mod traffic_policy;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -70,7 +72,8 @@ pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
 pub fn duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
     if let Some(secs) = s.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
-        return (secs.is_finite() && secs >= 0.0).then(|| std::time::Duration::from_secs_f64(secs));
+        // try_from: a value too large for a Duration is not one, rather than a panic.
+        return std::time::Duration::try_from_secs_f64(secs).ok();
     }
     humantime::parse_duration(s).ok()
 }
@@ -409,4 +412,10 @@ pub fn is_api_listener(name: &str) -> bool {
 }
 
 #[cfg(test)]
+mod policy_validation_tests;
+#[cfg(test)]
+mod route_policy_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod traffic_policy_tests;

@@ -14,7 +14,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::{bool_value, cluster_name, pb_duration, to_any, u32_value, GenerateError, Index, ROUTE};
+use super::{
+    bool_value, cluster_name, pb_duration, route_policy, to_any, traffic_policy, u32_value, GenerateError, Index, ROUTE,
+};
 use crate::istio::model::{HttpMatch, HttpRoute, OutboundMode, StringMatch};
 
 fn regex(r: &str) -> RegexMatcher {
@@ -86,12 +88,32 @@ fn redirect_code(code: Option<u16>) -> Result<redirect_action::RedirectResponseC
     })
 }
 
+/// The Envoy route of one VirtualService rule, without its name and match (set per match):
+/// the action, then the rule's header operations and fault, as istiod's `TranslateRoute`.
+fn rule_route(idx: &Index<'_>, rule: &HttpRoute, vs_ns: &str, port: u16, res: &str) -> Result<Route, GenerateError> {
+    let headers = rule.headers.as_ref().map(route_policy::header_operations).unwrap_or_default();
+    let mut out = Route {
+        action: Some(action(idx, rule, vs_ns, port, res, headers.authority.as_deref())?),
+        ..Default::default()
+    };
+    out.request_headers_to_add = headers.request_add;
+    out.request_headers_to_remove = headers.request_remove;
+    out.response_headers_to_add = headers.response_add;
+    out.response_headers_to_remove = headers.response_remove;
+    if let Some(f) = &rule.fault {
+        out.typed_per_filter_config.insert(route_policy::FAULT_FILTER.into(), route_policy::fault(f));
+    }
+    Ok(out)
+}
+
+/// `authority`: the host the rule's `headers` set, which `rewrite.authority` overrides.
 fn action(
     idx: &Index<'_>,
     rule: &HttpRoute,
     vs_ns: &str,
     port: u16,
     res: &str,
+    authority: Option<&str>,
 ) -> Result<route::Action, GenerateError> {
     let err = |message: String| GenerateError { resource: res.to_string(), message };
     if let Some(r) = &rule.redirect {
@@ -130,6 +152,25 @@ fn action(
     };
     let mut v =
         RouteAction { cluster_specifier: Some(specifier), timeout: Some(pb_duration(timeout)), ..Default::default() };
+    // istiod's `applyHTTPRouteDestination`: a hash policy per destination whose DestinationRule
+    // hashes consistently (weighted ones of weight 0 are left out); a single such destination
+    // keeps retries on the same host.
+    let hash = |d: &crate::istio::model::Destination| {
+        let dr = idx.destination_rule(&super::fqdn(&d.host, vs_ns));
+        traffic_policy::hash_for_destination(dr, d)
+    };
+    let hashed: Vec<_> = if let [only] = rule.route.as_slice() {
+        vec![hash(&only.destination)]
+    } else {
+        rule.route.iter().filter(|d| d.weight.unwrap_or(0) != 0).map(|d| hash(&d.destination)).collect()
+    };
+    v.hash_policy = hashed.iter().flatten().filter_map(|ch| route_policy::hash_policy(ch)).collect();
+    let consistent_hash = rule.route.len() == 1 && hashed[0].is_some();
+    v.retry_policy = route_policy::retry_policy(rule.retries.as_ref(), consistent_hash);
+    v.request_mirror_policies = route_policy::mirror_policies(rule, dest_cluster);
+    if let Some(a) = authority {
+        v.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(a.to_string()));
+    }
     if let Some(rw) = &rule.rewrite {
         // As istiod: `uri` is Envoy's prefix_rewrite whatever the match (for a regex match Envoy
         // swaps the whole path), `uriRegexRewrite` its regex_rewrite.
@@ -228,7 +269,7 @@ pub fn routes(idx: &Index<'_>, mode: OutboundMode) -> Result<BTreeMap<String, An
                         if !rule.matches.is_empty() && matches.is_empty() {
                             continue;
                         }
-                        let act = action(idx, rule, &vm.namespace, port.number, &res)?;
+                        let template = rule_route(idx, rule, &vm.namespace, port.number, &res)?;
                         let name = rule.name.clone().unwrap_or_else(|| format!("{}.{}.{i}", vm.namespace, vm.name));
                         let ms: Vec<RouteMatch> = if matches.is_empty() {
                             vec![match_all()]
@@ -236,16 +277,14 @@ pub fn routes(idx: &Index<'_>, mode: OutboundMode) -> Result<BTreeMap<String, An
                             matches.iter().map(|m| route_match(m)).collect()
                         };
                         for m in ms {
-                            rts.push(Route {
-                                name: name.clone(),
-                                r#match: Some(m),
-                                action: Some(act.clone()),
-                                ..Default::default()
-                            });
+                            rts.push(Route { name: name.clone(), r#match: Some(m), ..template.clone() });
                         }
                     }
                 }
-                // Without a VirtualService (or after its rules), everything goes to the service.
+                // Without a VirtualService (or after its rules), everything goes to the service:
+                // istiod's `BuildDefaultHTTPOutboundRoute`, with the default retry policy and
+                // the DestinationRule's hash for the port (`hashForService`).
+                let hash = traffic_policy::hash_for_service(idx.destination_rule(host), port.number);
                 rts.push(Route {
                     name: "default".into(),
                     r#match: Some(match_all()),
@@ -256,6 +295,8 @@ pub fn routes(idx: &Index<'_>, mode: OutboundMode) -> Result<BTreeMap<String, An
                             host,
                         ))),
                         timeout: Some(pb_duration(std::time::Duration::ZERO)),
+                        retry_policy: route_policy::retry_policy(None, false),
+                        hash_policy: hash.and_then(route_policy::hash_policy).into_iter().collect(),
                         ..Default::default()
                     })),
                     ..Default::default()

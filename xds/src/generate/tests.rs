@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::*;
 use crate::istio::load_dir;
 
-fn bookinfo() -> Registry {
+pub(super) fn bookinfo() -> Registry {
     load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/bookinfo")).unwrap()
 }
 
@@ -22,7 +22,7 @@ fn proxy(labels: &[(&str, &str)]) -> ProxyInfo {
 }
 
 /// Generated resources back as JSON, by type and name.
-fn generated(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+pub(super) fn generated(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
     let pool = outrigger_api::descriptor_pool();
     let res = generate(reg, p).unwrap();
     res.into_iter()
@@ -138,12 +138,12 @@ fn sidecar_resource_limits_what_a_namespace_receives() {
 fn bad_documents_name_file_document_and_field() {
     let mut reg = Registry::default();
     let mut errors = vec![];
-    let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: a }\nspec: { hosts: [a.example.com], ports: [{ number: 80, name: http }] }\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: b }\nspec:\n  hosts: [a.example.com]\n  http:\n  - route: [{ destination: { host: a.example.com } }]\n    retries: { attempts: 3 }\n";
+    let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: a }\nspec: { hosts: [a.example.com], ports: [{ number: 80, name: http }] }\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: b }\nspec:\n  hosts: [a.example.com]\n  http:\n  - route: [{ destination: { host: a.example.com } }]\n    corsPolicy: { allowOrigins: [{ exact: \"*\" }] }\n";
     crate::istio::load::load_text("vs.yaml", text, &mut reg, &mut errors);
     assert_eq!(errors.len(), 1, "{errors:?}");
     let e = errors[0].to_string();
     assert!(e.contains("vs.yaml") && e.contains("document 1") && e.contains("VirtualService default/b"), "{e}");
-    assert!(e.contains("spec.http[0]") && e.contains("retries"), "{e}");
+    assert!(e.contains("spec.http[0]") && e.contains("corsPolicy"), "{e}");
     let mut errors = vec![];
     crate::istio::load::load_text(
         "k.yaml",
@@ -223,7 +223,7 @@ fn indexed_lookups_agree_with_scans() {
 
 /// A directory holding `text` as one file, loaded as `serve` loads it (with the cross-document
 /// checks).
-fn load_text_dir(text: &str) -> Result<Registry, Vec<crate::istio::LoadError>> {
+pub(super) fn load_text_dir(text: &str) -> Result<Registry, Vec<crate::istio::LoadError>> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("outrigger-gen-{}-{n}", std::process::id()));
@@ -236,7 +236,7 @@ fn load_text_dir(text: &str) -> Result<Registry, Vec<crate::istio::LoadError>> {
 
 /// As [`generated`], without the proxy's acceptance check: the shape of what is generated for
 /// fields the proxy may not take yet.
-fn generated_unchecked(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+pub(super) fn generated_unchecked(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
     let pool = outrigger_api::descriptor_pool();
     generate_with(reg, p, false)
         .unwrap()
@@ -245,7 +245,7 @@ fn generated_unchecked(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, 
         .collect()
 }
 
-const WEB: &str = "apiVersion: networking.istio.io/v1
+pub(super) const WEB: &str = "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: { name: web, namespace: shop }
 spec:
@@ -493,4 +493,20 @@ fn an_invalid_regex_is_a_load_error_naming_its_field() {
         e.contains("document 1 (VirtualService shop/web): spec.http[0].match[0].headers.x-user.regex: \"(unclosed\" is not a valid regex"),
         "{e}"
     );
+}
+
+/// Generated resources (checked, as `generate` checks them) in the form of istiod's config
+/// dumps: proto field names, `@type` on every Any, int64 as strings. By type and name.
+pub(super) fn dumped(reg: &Registry, p: &ProxyInfo) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
+    let pool = outrigger_api::descriptor_pool();
+    let opts = prost_reflect::SerializeOptions::new().skip_default_fields(true).use_proto_field_name(true);
+    let json = |a: &Any| {
+        let desc = pool.get_message_by_name(outrigger_api::type_name(&a.type_url)).unwrap();
+        let msg = prost_reflect::DynamicMessage::decode(desc, a.value.as_slice()).unwrap();
+        let mut ser = serde_json::Serializer::new(Vec::new());
+        msg.serialize_with_options(&mut ser, &opts).unwrap();
+        serde_json::from_slice::<Value>(&ser.into_inner()).unwrap()
+    };
+    let res = generate(reg, p).unwrap();
+    res.into_iter().map(|(t, by)| (t, by.into_iter().map(|(n, a)| (n, json(&a))).collect())).collect()
 }

@@ -309,9 +309,12 @@ fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
         let res = format!("WorkloadEntry {}/{}", m.namespace, m.name);
         workload_fields(we, "spec.", &mut |message| errors.push(source_err(m, &res, message)));
     }
+    let hosts: std::collections::HashSet<&str> =
+        reg.service_entries.iter().flat_map(|(_, se)| se.hosts.iter().map(String::as_str)).collect();
     for (m, vs) in &reg.virtual_services {
         let res = format!("VirtualService {}/{}", m.namespace, m.name);
         let e = |message: String| source_err(m, &res, message);
+        let known_host = |h: &str| hosts.contains(crate::generate::fqdn(h, &m.namespace).as_str());
         for (i, r) in vs.tcp.iter().enumerate() {
             if r.route.is_empty() {
                 errors.push(e(format!("spec.tcp[{i}].route: at least one destination is required")));
@@ -370,12 +373,22 @@ fn validate(reg: &Registry, errors: &mut Vec<LoadError>) {
                     errors.push(e(format!("spec.http[{i}].timeout: \"{t}\" is not a duration like 1.5s")));
                 }
             }
+            super::validate_policy::http_rule(r, &format!("spec.http[{i}]"), &known_host, &mut |m| errors.push(e(m)));
         }
     }
     for (m, dr) in &reg.destination_rules {
         let res = format!("DestinationRule {}/{}", m.namespace, m.name);
+        let mut err = |message: String| errors.push(source_err(m, &res, message));
         if dr.host.is_empty() {
-            errors.push(source_err(m, &res, "spec.host is required".into()));
+            err("spec.host is required".into());
+        }
+        if let Some(tp) = &dr.traffic_policy {
+            super::validate_policy::traffic_policy(tp, "spec.trafficPolicy", &mut err);
+        }
+        for (k, s) in dr.subsets.iter().enumerate() {
+            if let Some(tp) = &s.traffic_policy {
+                super::validate_policy::traffic_policy(tp, &format!("spec.subsets[{k}].trafficPolicy"), &mut err);
+            }
         }
     }
 }

@@ -3,5 +3,7 @@
 pub mod diff;
 pub mod load;
 pub mod model;
+pub mod policy;
+mod validate_policy;
 
 pub use load::{load_dir, DirLoader, LoadError, Registry};

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub use super::policy::{Headers, HttpFault, HttpMirror, HttpRetry, LoadBalancer, Percent, TrafficPolicy};
+
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
@@ -129,6 +131,21 @@ pub struct HttpRoute {
     pub rewrite: Option<Rewrite>,
     #[serde(default)]
     pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: Option<HttpRetry>,
+    #[serde(default)]
+    pub fault: Option<HttpFault>,
+    #[serde(default)]
+    pub mirror: Option<Destination>,
+    #[serde(default)]
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer form of `mirrorPercentage`.
+    #[serde(default)]
+    pub mirror_percent: Option<i64>,
+    #[serde(default)]
+    pub mirrors: Vec<HttpMirror>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -284,20 +301,6 @@ pub struct Subset {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub traffic_policy: Option<TrafficPolicy>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TrafficPolicy {
-    #[serde(default)]
-    pub load_balancer: Option<LoadBalancer>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LoadBalancer {
-    #[serde(default)]
-    pub simple: Option<SimpleLb>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

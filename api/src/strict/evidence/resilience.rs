@@ -21,6 +21,12 @@ const OUTLIER_COMPILE: Evidence =
 const GATEWAY: Evidence = Effect(OUTLIER, "gateway_failures_eject_only_when_enforced_and_other_5xx_break_the_run");
 const SPLIT: Evidence = Effect(OUTLIER, "split_local_origin_failures_count_apart_from_5xx");
 const SUCCESS_RATE: Evidence = Effect(OUTLIER, "success_rate_ejects_the_endpoint_far_below_the_others");
+const HEADER_OPS: Evidence = Effect(E2E, "route_header_operations_set_add_and_remove_request_and_response_headers");
+const HASH: Evidence = Effect(E2E, "hash_policy_keeps_a_key_on_one_endpoint_and_sets_the_cookie");
+const HASH_COMPILE: Evidence = Effect(TRANSLATE, "hash_balancers_compile_their_table_sizes_and_refuse_bad_ones");
+const RETIRE: Evidence = Effect(E2E, "upstream_connections_are_retired_after_max_requests_or_max_duration");
+const KEEPALIVE: Evidence = Effect(E2E, "upstream_tcp_keepalive_is_set_on_upstream_sockets");
+const SOCKET: Evidence = Effect("proxy/src/upstream/pool.rs", "tcp_keepalive_options_are_set_on_the_socket");
 
 pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
     // The fault filter, on the HTTP filter chain and per route.
@@ -115,6 +121,41 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.cluster.v3.OutlierDetection.split_external_local_origin_errors", SPLIT),
     ("envoy.config.cluster.v3.OutlierDetection.consecutive_local_origin_failure", SPLIT),
     ("envoy.config.cluster.v3.OutlierDetection.enforcing_consecutive_local_origin_failure", OUTLIER_COMPILE),
+    ("envoy.config.cluster.v3.OutlierDetection.enforcing_local_origin_success_rate", HASH_COMPILE),
+    // Route header operations.
+    ("envoy.config.route.v3.Route.request_headers_to_add", HEADER_OPS),
+    ("envoy.config.route.v3.Route.request_headers_to_remove", HEADER_OPS),
+    ("envoy.config.route.v3.Route.response_headers_to_add", HEADER_OPS),
+    ("envoy.config.route.v3.Route.response_headers_to_remove", HEADER_OPS),
+    ("envoy.config.core.v3.HeaderValueOption.header", HEADER_OPS),
+    ("envoy.config.core.v3.HeaderValueOption.append_action", HEADER_OPS),
+    ("envoy.config.core.v3.HeaderValue.key", HEADER_OPS),
+    ("envoy.config.core.v3.HeaderValue.value", HEADER_OPS),
+    // Consistent hashing.
+    ("envoy.config.route.v3.RouteAction.hash_policy", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.header", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.cookie", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.connection_properties", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.query_parameter", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.terminal", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Header.header_name", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie.name", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie.ttl", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.Cookie.path", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties.source_ip", HASH),
+    ("envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter.name", HASH),
+    ("envoy.config.cluster.v3.Cluster.ring_hash_lb_config", HASH),
+    ("envoy.config.cluster.v3.Cluster.maglev_lb_config", HASH),
+    ("envoy.config.cluster.v3.Cluster.RingHashLbConfig.minimum_ring_size", HASH_COMPILE),
+    ("envoy.config.cluster.v3.Cluster.MaglevLbConfig.table_size", HASH_COMPILE),
+    // Upstream connections.
+    ("envoy.config.core.v3.HttpProtocolOptions.max_requests_per_connection", RETIRE),
+    ("envoy.config.core.v3.HttpProtocolOptions.max_connection_duration", RETIRE),
+    ("envoy.config.cluster.v3.Cluster.upstream_connection_options", KEEPALIVE),
+    ("envoy.config.cluster.v3.UpstreamConnectionOptions.tcp_keepalive", KEEPALIVE),
+    ("envoy.config.core.v3.TcpKeepalive.keepalive_probes", SOCKET),
+    ("envoy.config.core.v3.TcpKeepalive.keepalive_time", SOCKET),
+    ("envoy.config.core.v3.TcpKeepalive.keepalive_interval", SOCKET),
     (
         "envoy.config.cluster.v3.OutlierDetection.max_ejection_time",
         Effect(OUTLIER, "ejection_time_grows_with_each_ejection_up_to_max_ejection_time"),

@@ -210,19 +210,19 @@ fn known_rejections_read_the_same() {
     let cases = [
         (
             TYPES[1],
-            json!({"name": "c", "connect_timeout": "1s", "upstream_connection_options": {}}),
-            "upstream_connection_options",
+            json!({"name": "c", "connect_timeout": "1s", "outlier_detection": {"failure_percentage_threshold": 3}}),
+            "outlier_detection.failure_percentage_threshold",
         ),
         (TYPES[1], json!({"name": "c", "respect_dns_ttl": true}), "respect_dns_ttl"),
         (
             TYPES[1],
-            json!({"name": "c", "typed_extension_protocol_options": {"k": {"@type": "type.googleapis.com/envoy.config.core.v3.TcpKeepalive"}}}),
+            json!({"name": "c", "typed_extension_protocol_options": {"k": {"@type": "type.googleapis.com/envoy.config.core.v3.KeepaliveSettings"}}}),
             "typed_extension_protocol_options[k]",
         ),
         (
             TYPES[2],
-            json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c", "hash_policy": [{}]}}]}]}),
-            "virtual_hosts[0].routes[0].route.hash_policy",
+            json!({"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_priority": {"name": "p"}}}}]}]}),
+            "virtual_hosts[0].routes[0].route.retry_policy.retry_priority",
         ),
         (
             TYPES[3],

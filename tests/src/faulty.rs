@@ -54,9 +54,14 @@ pub struct Faulty {
 
 impl Faulty {
     pub fn start(name: &str) -> Faulty {
+        Faulty::start_on(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// On a given address (in a network namespace, call it inside `enter`).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Faulty {
         let state = Arc::new(State::default());
         let (s, n) = (state.clone(), name.to_string());
-        let (addr, runner) = run("127.0.0.1:0".parse().unwrap(), move |l| accept(l, n, s));
+        let (addr, runner) = run(addr, move |l| accept(l, n, s));
         Faulty { addr, name: name.to_string(), state, _runner: runner }
     }
 

@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod curl;
 pub mod faulty;
+pub mod mesh;
 pub mod netns;
 pub mod proxy;
 pub mod raw_upstream;

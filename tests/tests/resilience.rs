@@ -565,3 +565,59 @@ async fn upstream_tcp_keepalive_is_set_on_upstream_sockets() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("timer:(keepalive,1m1") || text.contains("timer:(keepalive,1m"), "{text}");
 }
+
+#[tokio::test]
+async fn active_health_checks_take_failing_endpoints_out_and_bring_them_back() {
+    let (a, b) = (Faulty::start("a"), Faulty::start("b"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let check = |kind: Value| {
+        let mut hc = json!({"timeout": "1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
+            "unhealthy_threshold": 2, "healthy_threshold": 2});
+        for (k, v) in kind.as_object().unwrap() {
+            hc[k] = v.clone();
+        }
+        json!([hc])
+    };
+    let mut http = cluster("http", &[a.addr, b.addr]);
+    http["health_checks"] = check(json!({"http_health_check": {"path": "/healthz", "host": "hc.local",
+        "expected_statuses": [{"start": 200, "end": 300}]}}));
+    let mut tcp = cluster("tcp", &[closed, b.addr]);
+    tcp["health_checks"] = check(json!({"tcp_health_check": {}}));
+    let p = Proxy::start(&bootstrap_with(json!([route("/http", "http"), route("/tcp", "tcp")]), vec![http, tcp]));
+    let flags = |c: &str, addr| cluster_flags(&p, c, addr);
+    // New endpoints wait for their first check; a passing one brings them in.
+    eventually("a's first check", WAIT, || (flags("http", a.addr) == "healthy").then_some(())).await;
+    eventually("the closed port to fail", WAIT, || (flags("tcp", closed) == "/failed_active_hc").then_some(())).await;
+    // Failing checks (two in a row) take a healthy endpoint out.
+    a.fail_next(usize::MAX, 503);
+    eventually("a to fail its checks", WAIT, || (flags("http", a.addr) == "/failed_active_hc").then_some(())).await;
+    assert_eq!(flags("http", b.addr), "healthy");
+    assert_eq!(flags("tcp", b.addr), "healthy");
+    let probe = a.received().into_iter().find(|r| r.path == "/healthz").expect("a was probed");
+    assert_eq!(
+        (probe.host.as_str(), probe.headers.get("user-agent").map(|v| v.to_str().unwrap())),
+        ("hc.local", Some("Envoy/HC"))
+    );
+    let before = a.received().iter().filter(|r| r.path != "/healthz").count();
+    for path in ["/http", "/tcp"] {
+        for _ in 0..6 {
+            let r = get_status(&p, path, &[]).await;
+            assert_eq!((r.status.as_u16(), r.header("x-backend")), (200, Some("b")), "{path}");
+        }
+    }
+    assert_eq!(
+        a.received().iter().filter(|r| r.path != "/healthz").count(),
+        before,
+        "no traffic to a failing endpoint"
+    );
+    a.heal();
+    eventually("a to pass its checks again", WAIT, || (flags("http", a.addr) == "healthy").then_some(())).await;
+    let mut backends = std::collections::HashSet::new();
+    for _ in 0..4 {
+        backends.insert(get_status(&p, "/http", &[]).await.header("x-backend").unwrap().to_string());
+    }
+    assert_eq!(backends.len(), 2, "{backends:?}");
+    let (_, stats) = p.admin_get("/stats/prometheus");
+    let failures = p.metric("envoy_cluster_health_check_failure_total{envoy_cluster_name=\"http\"}");
+    assert!(failures >= 2.0, "{}", stats.lines().filter(|l| l.contains("health_check")).collect::<Vec<_>>().join("\n"));
+}

@@ -70,7 +70,7 @@ pub struct ClusterConfig {
     /// EDS `initial_fetch_timeout`: after it, the cluster is used without endpoints.
     pub eds_fetch_timeout: Option<Duration>,
     pub circuit_breakers: CircuitBreakers,
-    pub outlier: Option<OutlierDetection>,
+    pub outlier: Option<Box<OutlierDetection>>,
     /// `common_lb_config.healthy_panic_threshold` (percent, default 50): below this share of
     /// available endpoints, every endpoint gets traffic again.
     pub panic_threshold: f64,
@@ -80,6 +80,27 @@ pub struct ClusterConfig {
     pub max_connection_duration: Option<Duration>,
     /// `upstream_connection_options.tcp_keepalive`.
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `health_checks` (one).
+    pub health_check: Option<Box<HealthCheck>>,
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub no_traffic_interval: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub kind: HealthCheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// A connection that opens is healthy.
+    Tcp,
+    /// GET `path`; healthy when the status is in one of the `[start, end)` ranges.
+    Http { path: String, host: Option<String>, expected: Vec<(i64, i64)> },
 }
 
 /// TCP keep-alive on upstream sockets; unset values keep the system's.

@@ -210,7 +210,8 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         None => Vec::new(),
     };
     let circuit_breakers = circuit_breakers(&ctx.field("circuit_breakers"), c)?;
-    let outlier = c.outlier_detection.as_ref().map(|o| outlier(&ctx.field("outlier_detection"), o)).transpose()?;
+    let outlier =
+        c.outlier_detection.as_ref().map(|o| outlier(&ctx.field("outlier_detection"), o)).transpose()?.map(Box::new);
     let panic_threshold = match c.common_lb_config.as_ref().and_then(|l| l.healthy_panic_threshold) {
         None => 50.0,
         Some(p) if (0.0..=100.0).contains(&p.value) => p.value,
@@ -223,7 +224,13 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
             interval: k.keepalive_interval.map(|v| std::time::Duration::from_secs(v.value as u64)),
         }
     });
+    let health_check = match c.health_checks.as_slice() {
+        [] => None,
+        [hc] => Some(Box::new(health_check(&ctx.index("health_checks", 0), hc)?)),
+        _ => return Err(ctx.field("health_checks").err("only one health check per cluster is supported")),
+    };
     Ok(ClusterConfig {
+        health_check,
         max_connection_duration,
         tcp_keepalive,
         circuit_breakers,
@@ -379,4 +386,55 @@ fn outlier(
         return Err(ctx.field("interval").err("must be greater than 0"));
     }
     Ok(out)
+}
+
+fn health_check(
+    ctx: &Ctx,
+    hc: &envoy_types::pb::envoy::config::core::v3::HealthCheck,
+) -> Result<crate::config::cluster::HealthCheck, ConfigError> {
+    use crate::config::cluster::{HealthCheck, HealthCheckKind};
+    use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
+    let required = |d: &Option<envoy_types::pb::google::protobuf::Duration>, field: &str| {
+        duration(d)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ctx.field(field).err("is required and must be greater than 0"))
+    };
+    let timeout = required(&hc.timeout, "timeout")?;
+    let interval = required(&hc.interval, "interval")?;
+    let threshold = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, field: &str| {
+        v.map(|v| v.value).filter(|v| *v > 0).ok_or_else(|| ctx.field(field).err("is required and must be at least 1"))
+    };
+    let kind = match &hc.health_checker {
+        Some(HealthChecker::HttpHealthCheck(h)) => {
+            if h.path.is_empty() || !h.path.starts_with('/') {
+                return Err(ctx.field("http_health_check.path").err("a path starting with / is required"));
+            }
+            let mut expected = Vec::new();
+            for (i, r) in h.expected_statuses.iter().enumerate() {
+                if !(100..=600).contains(&r.start) || !(101..=600).contains(&r.end) || r.start >= r.end {
+                    return Err(ctx
+                        .field(&format!("http_health_check.expected_statuses[{i}]"))
+                        .err("must be a range [start, end) within 100..600"));
+                }
+                expected.push((r.start, r.end));
+            }
+            if expected.is_empty() {
+                // Envoy's default: 200 only.
+                expected.push((200, 201));
+            }
+            HealthCheckKind::Http { path: h.path.clone(), host: (!h.host.is_empty()).then(|| h.host.clone()), expected }
+        }
+        Some(HealthChecker::TcpHealthCheck(_)) => HealthCheckKind::Tcp,
+        _ => return Err(ctx.err("http_health_check or tcp_health_check is required")),
+    };
+    Ok(HealthCheck {
+        timeout,
+        interval,
+        no_traffic_interval: duration(&hc.no_traffic_interval)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(crate::upstream::health_check::DEFAULT_NO_TRAFFIC_INTERVAL),
+        unhealthy_threshold: threshold(&hc.unhealthy_threshold, "unhealthy_threshold")?,
+        healthy_threshold: threshold(&hc.healthy_threshold, "healthy_threshold")?,
+        kind,
+    })
 }

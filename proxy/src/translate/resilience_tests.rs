@@ -176,3 +176,31 @@ fn hash_balancers_compile_their_table_sizes_and_refuse_bad_ones() {
     rr["request_headers_to_add"] = json!([{"header": {"key": "x", "value": "%REQ(host)%"}}]);
     assert!(err_of(&with(rr, json!({}), json!({}))).contains("request_headers_to_add[0].header.value"));
 }
+
+#[test]
+fn health_checks_compile_with_envoys_default_status_and_refuse_what_is_missing() {
+    use crate::config::cluster::HealthCheckKind;
+    let r = json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}});
+    let hc = |extra: Value| {
+        let mut h = json!({"timeout": "1s", "interval": "5s", "unhealthy_threshold": 3, "healthy_threshold": 1,
+            "http_health_check": {"path": "/ready"}});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        json!({"health_checks": [h]})
+    };
+    let b = compile(&with(r.clone(), json!({}), hc(json!({})))).unwrap();
+    let h = b.clusters[0].health_check.as_ref().unwrap();
+    assert_eq!((h.unhealthy_threshold, h.healthy_threshold, h.no_traffic_interval.as_secs()), (3, 1, 60));
+    assert_eq!(h.kind, HealthCheckKind::Http { path: "/ready".into(), host: None, expected: vec![(200, 201)] });
+    let e = err_of(&with(r.clone(), json!({}), hc(json!({"timeout": "0s"}))));
+    assert!(e.contains("health_checks[0].timeout"), "{e}");
+    let e = err_of(&with(
+        r.clone(),
+        json!({}),
+        hc(json!({"http_health_check": {"path": "/", "expected_statuses": [{"start": 300, "end": 200}]}})),
+    ));
+    assert!(e.contains("expected_statuses[0]"), "{e}");
+    let e = err_of(&with(r, json!({}), hc(json!({"unhealthy_threshold": 0}))));
+    assert!(e.contains("unhealthy_threshold"), "{e}");
+}

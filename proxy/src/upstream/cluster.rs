@@ -93,18 +93,21 @@ fn ip_endpoint(e: &EndpointConfig) -> Option<(SocketAddr, u32, bool)> {
     }
 }
 
-fn new_endpoint(addr: SocketAddr, weight: u32, eds_unhealthy: bool) -> Arc<Endpoint> {
-    Arc::new(Endpoint { addr, weight, eds_unhealthy, state: Default::default() })
+/// A new endpoint; with active health checks it waits out of rotation for its first check.
+fn new_endpoint(addr: SocketAddr, weight: u32, eds_unhealthy: bool, checked: bool) -> Arc<Endpoint> {
+    let state = EndpointState::default();
+    state.health.hc_failed.store(checked, Ordering::Relaxed);
+    Arc::new(Endpoint { addr, weight, eds_unhealthy, state: Arc::new(state) })
 }
 
 /// The endpoints `addrs`, sharing state with those of `old` at the same address.
-fn carry_over(old: &EndpointSet, addrs: Vec<(SocketAddr, u32, bool)>) -> Vec<Arc<Endpoint>> {
+fn carry_over(old: &EndpointSet, addrs: Vec<(SocketAddr, u32, bool)>, checked: bool) -> Vec<Arc<Endpoint>> {
     addrs
         .into_iter()
         .map(|(addr, weight, eds_unhealthy)| match old.list.iter().find(|e| e.addr == addr) {
             Some(e) if e.weight == weight && e.eds_unhealthy == eds_unhealthy => e.clone(),
             Some(e) => Arc::new(Endpoint { addr, weight, eds_unhealthy, state: e.state.clone() }),
-            None => new_endpoint(addr, weight, eds_unhealthy),
+            None => new_endpoint(addr, weight, eds_unhealthy, checked),
         })
         .collect()
 }
@@ -128,12 +131,10 @@ impl Cluster {
     ) -> Arc<Cluster> {
         let addrs: Vec<_> = eds.unwrap_or(&config.endpoints).iter().filter_map(ip_endpoint).collect();
         let old = previous.map(|p| p.endpoints.load_full());
+        let checked = config.health_check.is_some();
         let list = match &old {
-            Some(old) => carry_over(old, addrs),
-            None => addrs
-                .into_iter()
-                .map(|(addr, weight, eds_unhealthy)| new_endpoint(addr, weight, eds_unhealthy))
-                .collect(),
+            Some(old) => carry_over(old, addrs, checked),
+            None => addrs.into_iter().map(|(a, w, u)| new_endpoint(a, w, u, checked)).collect(),
         };
         let stats = ClusterStats::named(&config.name);
         stats.set_limits(&config.circuit_breakers);
@@ -149,6 +150,9 @@ impl Cluster {
         if cluster.config.outlier.is_some() {
             super::outlier::start(&cluster);
         }
+        if cluster.config.health_check.is_some() {
+            super::health_check::start(&cluster);
+        }
         cluster
     }
 
@@ -160,7 +164,7 @@ impl Cluster {
         {
             return;
         }
-        let list = carry_over(&old, addrs);
+        let list = carry_over(&old, addrs, self.config.health_check.is_some());
         self.endpoints.store(Arc::new(EndpointSet::new(list, &self.config.lb)));
         self.membership_changed();
     }

@@ -135,6 +135,7 @@ mod tests {
             max_requests_per_connection: None,
             max_connection_duration: None,
             tcp_keepalive: None,
+            health_check: None,
         })
     }
 

@@ -2,6 +2,7 @@
 pub mod cluster;
 pub mod dns;
 pub mod hash;
+pub mod health_check;
 pub mod lb;
 pub mod outlier;
 pub mod pool;

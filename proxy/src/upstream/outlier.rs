@@ -27,6 +27,10 @@ pub struct Health {
     success: AtomicU32,
     /// The active health check says it is down.
     pub(crate) hc_failed: AtomicBool,
+    /// Active health check: successes and failures in a row, and whether it was checked yet.
+    pub(crate) hc_successes: AtomicU32,
+    pub(crate) hc_failures: AtomicU32,
+    pub(crate) hc_checked: AtomicBool,
 }
 
 fn epoch() -> Instant {
@@ -240,11 +244,12 @@ mod tests {
             idle_timeout: None,
             eds_fetch_timeout: None,
             circuit_breakers: Default::default(),
-            outlier: Some(od),
+            outlier: Some(Box::new(od)),
             panic_threshold: 50.0,
             max_requests_per_connection: None,
             max_connection_duration: None,
             tcp_keepalive: None,
+            health_check: None,
         })
     }
 

@@ -26,6 +26,9 @@ const HASH: Evidence = Effect(E2E, "hash_policy_keeps_a_key_on_one_endpoint_and_
 const HASH_COMPILE: Evidence = Effect(TRANSLATE, "hash_balancers_compile_their_table_sizes_and_refuse_bad_ones");
 const RETIRE: Evidence = Effect(E2E, "upstream_connections_are_retired_after_max_requests_or_max_duration");
 const KEEPALIVE: Evidence = Effect(E2E, "upstream_tcp_keepalive_is_set_on_upstream_sockets");
+const HC: Evidence = Effect(E2E, "active_health_checks_take_failing_endpoints_out_and_bring_them_back");
+const HC_COMPILE: Evidence =
+    Effect(TRANSLATE, "health_checks_compile_with_envoys_default_status_and_refuse_what_is_missing");
 const SOCKET: Evidence = Effect("proxy/src/upstream/pool.rs", "tcp_keepalive_options_are_set_on_the_socket");
 
 pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
@@ -148,6 +151,20 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.cluster.v3.Cluster.maglev_lb_config", HASH),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig.minimum_ring_size", HASH_COMPILE),
     ("envoy.config.cluster.v3.Cluster.MaglevLbConfig.table_size", HASH_COMPILE),
+    // Active health checks.
+    ("envoy.config.cluster.v3.Cluster.health_checks", HC),
+    ("envoy.config.core.v3.HealthCheck.timeout", HC_COMPILE),
+    ("envoy.config.core.v3.HealthCheck.interval", HC),
+    ("envoy.config.core.v3.HealthCheck.unhealthy_threshold", HC),
+    ("envoy.config.core.v3.HealthCheck.healthy_threshold", HC),
+    ("envoy.config.core.v3.HealthCheck.no_traffic_interval", HC),
+    ("envoy.config.core.v3.HealthCheck.http_health_check", HC),
+    ("envoy.config.core.v3.HealthCheck.tcp_health_check", HC),
+    ("envoy.config.core.v3.HealthCheck.HttpHealthCheck.path", HC),
+    ("envoy.config.core.v3.HealthCheck.HttpHealthCheck.host", HC),
+    ("envoy.config.core.v3.HealthCheck.HttpHealthCheck.expected_statuses", HC),
+    ("envoy.type.v3.Int64Range.start", HC_COMPILE),
+    ("envoy.type.v3.Int64Range.end", HC_COMPILE),
     // Upstream connections.
     ("envoy.config.core.v3.HttpProtocolOptions.max_requests_per_connection", RETIRE),
     ("envoy.config.core.v3.HttpProtocolOptions.max_connection_duration", RETIRE),

@@ -153,11 +153,13 @@ async fn send_h1(
     // Reuse idle connections. One that turns out closed before it took the request is skipped;
     // one that closes after taking it but before answering (the keep-alive race: the server
     // timed it out as we wrote) costs no failure when the request can be sent again: it is, once,
-    // on a fresh connection.
+    // on a fresh connection. A server times out a keep-alive connection only once it has been
+    // idle for a while (never under a millisecond), so the head is kept for that resend only
+    // when the connection has been idle that long: under load, reuse copies nothing.
     let mut raced = false;
     loop {
         let mut sender = match ep.pool.take_h1(cluster.config.idle_timeout) {
-            Some(conn) => H1 { conn, fresh: false },
+            Some((conn, idle)) => H1 { conn, racy: idle >= RACE_IDLE },
             None => match open_h1(cluster, ep).await? {
                 Some(s) => s,
                 // At max_connections with nothing idle: wait for a connection to come back.
@@ -167,8 +169,8 @@ async fn send_h1(
         if sender.conn.sender.ready().await.is_err() {
             continue;
         }
-        let fresh = sender.fresh;
-        let Some(req) = out.request(again || (!fresh && out.can_send())) else {
+        let resend = sender.racy && out.can_send();
+        let Some(req) = out.request(again || resend) else {
             return Err(Flag::UpstreamConnectionTermination);
         };
         sender.conn.uses += 1;
@@ -178,7 +180,7 @@ async fn send_h1(
                 Some(r) => out.put_back(r),
                 None => {
                     let flag = classify(e.error());
-                    if !fresh && !raced && closed_before_answer(flag) && out.can_send() {
+                    if resend && !raced && closed_before_answer(flag) && out.can_send() {
                         raced = true;
                         cluster.stats.rq_reset_before_response.inc();
                         tracing::debug!(endpoint = %ep.addr, "reused connection closed before answering; sending again");
@@ -191,10 +193,14 @@ async fn send_h1(
     }
 }
 
-/// An HTTP/1.1 sender and whether it was opened for this request.
+/// How long a pooled connection must have been idle for its reuse to race a server's
+/// keep-alive timeout.
+const RACE_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// An HTTP/1.1 sender; `racy`: a pooled one idle long enough that the server may be closing it.
 struct H1 {
     conn: H1Conn,
-    fresh: bool,
+    racy: bool,
 }
 
 /// Opens a new HTTP/1.1 connection, or — at the cluster's `max_connections` — waits as a pending
@@ -213,7 +219,7 @@ async fn open_h1(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<Option<H1>, Fl
             stats.cx_active.dec();
             stats.connection_freed();
         });
-        return Ok(Some(H1 { conn: H1Conn { sender, created: std::time::Instant::now(), uses: 0 }, fresh: true }));
+        return Ok(Some(H1 { conn: H1Conn { sender, created: std::time::Instant::now(), uses: 0 }, racy: false }));
     }
     stats.cx_overflow.inc();
     let Some(_pending) = stats.begin_pending() else {

@@ -97,13 +97,15 @@ impl Pool {
 
     /// An idle HTTP/1.1 connection that the peer has not closed and that has not been idle for
     /// longer than the cluster's `idle_timeout` (older ones are dropped, which closes them).
-    pub fn take_h1(&self, idle_timeout: Option<Duration>) -> Option<H1Conn> {
+    /// With how long it has been idle.
+    pub fn take_h1(&self, idle_timeout: Option<Duration>) -> Option<(H1Conn, Duration)> {
         let mut s = self.slot();
         while let Some((c, since)) = s.h1.pop() {
-            if c.sender.is_closed() || idle_timeout.is_some_and(|t| since.elapsed() > t) {
+            let idle = since.elapsed();
+            if c.sender.is_closed() || idle_timeout.is_some_and(|t| idle > t) {
                 continue;
             }
-            return Some(c);
+            return Some((c, idle));
         }
         None
     }

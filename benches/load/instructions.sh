@@ -8,9 +8,13 @@
 #
 #   benches/load/instructions.sh [path/to/outrigger]   # default: target/release/outrigger
 #   REQUESTS=5000 benches/load/instructions.sh
+#   VARIANT=resilient benches/load/instructions.sh     # the route with a retry policy, the
+#                                                      # cluster with circuit breakers and
+#                                                      # outlier detection (healthy upstream)
 set -euo pipefail
 BIN=${1:-target/release/outrigger}
 REQUESTS=${REQUESTS:-3000}
+VARIANT=${VARIANT:-plain}
 WARMUP=${WARMUP:-300}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -36,6 +40,16 @@ while True:
     c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 PY
 
+ROUTE_EXTRA=""
+CLUSTER_EXTRA=""
+if [ "$VARIANT" = resilient ]; then
+  # Istio's default retry policy, its default circuit breakers, and outlier detection.
+  ROUTE_EXTRA=', retry_policy: {retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes", num_retries: 2, retriable_status_codes: [503], host_selection_retry_max_attempts: 5, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]}'
+  CLUSTER_EXTRA='
+    circuit_breakers: {thresholds: [{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295}]}
+    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 10}'
+fi
+
 cat > "$WORK/bootstrap.yaml" <<YAML
 static_resources:
   listeners:
@@ -49,13 +63,13 @@ static_resources:
           stat_prefix: ingress
           route_config:
             virtual_hosts:
-            - {name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: app}}]}
+            - {name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: app$ROUTE_EXTRA}}]}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   clusters:
   - name: app
-    type: STATIC
+    type: STATIC$CLUSTER_EXTRA
     load_assignment:
       cluster_name: app
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $BACKEND_PORT}}}}]}]
@@ -93,5 +107,6 @@ kill "$VG"; wait "$VG" 2>/dev/null || true
 DUMP=$(ls "$WORK"/cg.*.1 2>/dev/null | head -1)
 TOTAL=$(grep -m1 '^summary:' "$DUMP" | awk '{print $2}')
 echo "binary: $BIN"
+echo "variant: $VARIANT"
 echo "requests: $REQUESTS"
 echo "instructions per request: $((TOTAL / REQUESTS))"

@@ -14,8 +14,9 @@ use super::upstream::{self, BodySource, Outgoing, Wire};
 use crate::config::route::Mirror;
 use crate::upstream::Cluster;
 
-/// Shadows in flight in the whole process.
-const MAX_IN_FLIGHT: usize = 1024;
+/// Shadows in flight in the whole process: each holds a connection and its buffers (~20 KiB),
+/// so this bounds the memory a slow shadow can take (~5 MiB).
+const MAX_IN_FLIGHT: usize = 256;
 /// A shadow with no route timeout still ends.
 const MAX_SHADOW_TIME: Duration = Duration::from_secs(60);
 
@@ -76,19 +77,24 @@ pub fn spawn(m: &Mirror, cluster: Arc<Cluster>, wire: Wire, req: Copy<'_>, timeo
     let limit = timeout.unwrap_or(MAX_SHADOW_TIME).min(MAX_SHADOW_TIME);
     tokio::spawn(async move {
         let _slot = slot;
-        let body = match tee {
-            None => BodySource::Empty,
-            Some(t) => match t.complete().await {
-                Some(frames) => BodySource::Captured(Some(frames.into())),
-                // Past the buffer bound, or the client's body failed: no shadow.
-                None => {
-                    stats.shadow_overflow.inc();
-                    return;
-                }
-            },
-        };
-        let mut out = Outgoing { method, uri, version, headers, body };
-        let _ = tokio::time::timeout(limit, shadow(&cluster, wire, &mut out)).await;
+        // The whole shadow, the wait for the primary's body included, within the limit: a body
+        // the primary never finishes reading does not hold the slot for ever.
+        let _ = tokio::time::timeout(limit, async move {
+            let body = match tee {
+                None => BodySource::Empty,
+                Some(t) => match t.complete().await {
+                    Some(frames) => BodySource::Captured(Some(frames.into())),
+                    // Past the buffer bound, or the client's body failed: no shadow.
+                    None => {
+                        stats.shadow_overflow.inc();
+                        return;
+                    }
+                },
+            };
+            let mut out = Outgoing { method, uri, version, headers, body };
+            shadow(&cluster, wire, &mut out).await;
+        })
+        .await;
     });
 }
 

@@ -22,6 +22,9 @@ use crate::config::{ClusterConfig, DiscoveryType, EndpointConfig, LbPolicy, Upst
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+/// The upstream connections' idle timeout when the cluster does not set one.
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+
 pub fn translate_cluster(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
     translate_cluster_in(&Ctx::new(format!("cluster \"{}\"", c.name)), c)
 }
@@ -136,7 +139,9 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
             }
         }
     }
-    let mut idle_timeout = Some(Duration::from_secs(3600));
+    // Unlike Envoy's 1 h: below the shortest common server keep-alive timeout (5 s, Node.js and
+    // Apache), so that a pooled connection is dropped here before the server times it out.
+    let mut idle_timeout = Some(DEFAULT_UPSTREAM_IDLE);
     let mut max_requests_per_connection = None;
     let mut max_connection_duration = None;
     for (key, any) in &c.typed_extension_protocol_options {

@@ -19,6 +19,20 @@ pub const PROXY_UID: u32 = 1337;
 pub const POD_A: &str = "127.0.0.1";
 pub const POD_B: &str = "127.0.0.2";
 
+/// The reviews service: VIP 10.99.0.10:9080, endpoints 127.0.0.11 (v1) and 127.0.0.12 (v2).
+pub const REVIEWS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: reviews, namespace: bookinfo }
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  addresses: [10.99.0.10]
+  ports: [{ number: 9080, name: http, protocol: HTTP }]
+  resolution: STATIC
+  endpoints:
+  - { address: 127.0.0.11, labels: { app: reviews, version: v1 } }
+  - { address: 127.0.0.12, labels: { app: reviews, version: v2 } }
+";
+
 /// Writes a file so the watcher sees one complete change (write elsewhere, then rename).
 pub fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use outrigger_tests::backend::TcpMode;
 use outrigger_tests::client::{get, get_h1, send_h1_from, try_tcp_exchange_from};
-use outrigger_tests::mesh::{start_control_plane, syncz, write_atomic, Mesh, POD_A, POD_B};
+use outrigger_tests::mesh::{start_control_plane, syncz, write_atomic, Mesh, POD_A, POD_B, REVIEWS};
 use outrigger_tests::netns::NetNs;
 use outrigger_tests::{Backend, TcpServer, WAIT};
 
@@ -55,19 +55,8 @@ metadata: { name: default, namespace: other }
 spec: { outboundTrafficPolicy: { mode: REGISTRY_ONLY } }
 ";
 
-const SERVICE: &str = "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: reviews, namespace: bookinfo }
-spec:
-  hosts: [reviews.bookinfo.svc.cluster.local]
-  addresses: [10.99.0.10]
-  ports: [{ number: 9080, name: http, protocol: HTTP }]
-  resolution: STATIC
-  endpoints:
-  - { address: 127.0.0.11, labels: { app: reviews, version: v1 } }
-  - { address: 127.0.0.12, labels: { app: reviews, version: v2 } }
----
-apiVersion: networking.istio.io/v1
+/// The reviews service's two subsets.
+const SUBSETS: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: { name: reviews, namespace: bookinfo }
 spec:
@@ -76,6 +65,11 @@ spec:
   - { name: v1, labels: { version: v1 } }
   - { name: v2, labels: { version: v2 } }
 ";
+
+/// The reviews service (outrigger_tests::mesh::REVIEWS) with its subsets.
+fn service() -> String {
+    format!("{REVIEWS}---\n{SUBSETS}")
+}
 
 fn virtual_service(v1: u32, v2: u32) -> String {
     format!(
@@ -111,7 +105,7 @@ fn requests(ns: &NetNs, n: usize) -> Vec<Option<String>> {
 
 #[test]
 fn control_plane_configures_sidecars_and_routes_captured_traffic() {
-    let mut mesh = Mesh::start(&[("reviews.yaml", SERVICE), ("vs.yaml", &virtual_service(100, 0))]);
+    let mut mesh = Mesh::start(&[("reviews.yaml", &service()), ("vs.yaml", &virtual_service(100, 0))]);
     let (ns, dir) = (&mesh.ns, mesh.dir.clone());
     let _backends = ns.enter(|| {
         (
@@ -162,7 +156,7 @@ fn control_plane_configures_sidecars_and_routes_captured_traffic() {
 
 #[test]
 fn tcp_route_spreads_captured_connections_over_weighted_subsets() {
-    let mesh = Mesh::start(&[("reviews.yaml", SERVICE), ("db.yaml", DB)]);
+    let mesh = Mesh::start(&[("reviews.yaml", &service()), ("db.yaml", DB)]);
     let (v1, v2) = mesh.ns.enter(|| {
         (
             TcpServer::start_on(TcpMode::Echo, "127.0.0.21:7100".parse().unwrap()),
@@ -191,7 +185,7 @@ fn tcp_route_spreads_captured_connections_over_weighted_subsets() {
 
 #[test]
 fn registry_only_black_holes_unknown_destinations_and_allow_any_passes_them_through() {
-    let mesh = Mesh::start(&[("reviews.yaml", SERVICE), ("other.yaml", REGISTRY_ONLY)]);
+    let mesh = Mesh::start(&[("reviews.yaml", &service()), ("other.yaml", REGISTRY_ONLY)]);
     // Destinations no service declares: a TCP port no service has, and an HTTP port one has
     // (9080) but with a Host none has.
     let (echo, outside) = mesh.ns.enter(|| {

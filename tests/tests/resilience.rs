@@ -621,3 +621,25 @@ async fn active_health_checks_take_failing_endpoints_out_and_bring_them_back() {
     let failures = p.metric("envoy_cluster_health_check_failure_total{envoy_cluster_name=\"http\"}");
     assert!(failures >= 2.0, "{}", stats.lines().filter(|l| l.contains("health_check")).collect::<Vec<_>>().join("\n"));
 }
+
+#[tokio::test]
+async fn downstream_connections_drain_after_max_requests_or_max_duration() {
+    let app = Faulty::start("app");
+    let routes = json!([vhost("all", &["*"], json!([route("/", "app")]))]);
+    let mut by_count = http_listener("count", routes.clone());
+    by_count["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
+        json!({"max_requests_per_connection": 2});
+    let mut by_age = http_listener("age", routes);
+    by_age["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
+        json!({"max_connection_duration": "0.3s"});
+    let p = Proxy::start(&bootstrap(vec![by_count, by_age], vec![cluster("app", &[app.addr])]));
+    let mut conn = H1Conn::open(p.addr("count")).await;
+    let first = conn.send(get("x", "/", &[])).await;
+    assert_eq!((first.status.as_u16(), first.header("connection")), (200, None));
+    let second = conn.send(get("x", "/", &[])).await;
+    assert_eq!((second.status.as_u16(), second.header("connection")), (200, Some("close")));
+    eventually("the connection to close after its second request", WAIT, || conn.is_closed().then_some(())).await;
+    let mut aged = H1Conn::open(p.addr("age")).await;
+    assert_eq!(aged.send(get("x", "/", &[])).await.status.as_u16(), 200);
+    eventually("the connection to close at its maximum duration", WAIT, || aged.is_closed().then_some(())).await;
+}

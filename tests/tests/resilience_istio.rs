@@ -1,25 +1,14 @@
 //! The resilience features from Istio YAML: outrigger-xds maps a VirtualService's fault, retries
-//! and mirror and a DestinationRule's outlier detection and connection pool as istiod does, a
-//! real sidecar gets them over ADS, and captured traffic in a network namespace shows their
-//! effect on upstreams that misbehave on command.
+//! and mirror and a DestinationRule's outlier detection, connection pool and consistent hash as
+//! istiod does, a real sidecar gets them over ADS, and captured traffic in a network namespace
+//! shows their effect on upstreams that misbehave on command.
 use bytes::Bytes;
 use outrigger_tests::client::{get, request, send_h1};
-use outrigger_tests::mesh::Mesh;
+use outrigger_tests::mesh::{Mesh, REVIEWS};
 use outrigger_tests::{Faulty, WAIT};
 
+/// The reviews service (REVIEWS), a shadow and a slow one.
 const SERVICES: &str = "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: reviews, namespace: bookinfo }
-spec:
-  hosts: [reviews.bookinfo.svc.cluster.local]
-  addresses: [10.99.0.10]
-  ports: [{ number: 9080, name: http, protocol: HTTP }]
-  resolution: STATIC
-  endpoints:
-  - { address: 127.0.0.11, labels: { app: reviews, version: v1 } }
-  - { address: 127.0.0.12, labels: { app: reviews, version: v2 } }
----
-apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: { name: shadow, namespace: bookinfo }
 spec:
@@ -38,6 +27,16 @@ spec:
   ports: [{ number: 9080, name: http, protocol: HTTP }]
   resolution: STATIC
   endpoints: [{ address: 127.0.0.41 }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: hashed, namespace: bookinfo }
+spec:
+  hosts: [hashed.bookinfo.svc.cluster.local]
+  addresses: [10.99.0.50]
+  ports: [{ number: 9080, name: http, protocol: HTTP }]
+  resolution: STATIC
+  endpoints: [{ address: 127.0.0.51 }, { address: 127.0.0.52 }, { address: 127.0.0.53 }]
 ";
 
 const POLICY: &str = "apiVersion: networking.istio.io/v1
@@ -58,6 +57,13 @@ spec:
     connectionPool: { tcp: { maxConnections: 1 }, http: { http1MaxPendingRequests: 1, http2MaxRequests: 1 } }
 ---
 apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: hashed, namespace: bookinfo }
+spec:
+  host: hashed
+  trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: x-user, maglev: { tableSize: 1031 } } } }
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: { name: reviews, namespace: bookinfo }
 spec:
@@ -75,8 +81,9 @@ spec:
 ";
 
 #[test]
-fn istio_fault_retries_outlier_detection_mirror_and_connection_pool_reach_a_sidecar() {
-    let mesh = Mesh::start(&[("services.yaml", SERVICES), ("policy.yaml", POLICY)]);
+fn istio_fault_retries_outlier_detection_mirror_connection_pool_and_hashing_reach_a_sidecar() {
+    let services = format!("{REVIEWS}---\n{SERVICES}");
+    let mesh = Mesh::start(&[("services.yaml", &services), ("policy.yaml", POLICY)]);
     let (v1, v2, shadow, slow) = mesh.ns.enter(|| {
         (
             Faulty::start_on("v1", "127.0.0.11:9080".parse().unwrap()),
@@ -150,4 +157,28 @@ fn istio_fault_retries_outlier_detection_mirror_and_connection_pool_reach_a_side
     });
     assert_eq!(statuses.iter().filter(|(s, _)| *s == 200).count(), 1, "{statuses:?}");
     assert!(statuses.iter().any(|(s, o)| *s == 503 && o.as_deref() == Some("true")), "{statuses:?}");
+
+    // Consistent hashing on a header (MAGLEV): a user stays on one endpoint; users spread.
+    let _hashed: Vec<Faulty> = (1..=3)
+        .map(|i| {
+            mesh.ns.enter(move || Faulty::start_on(&format!("h{i}"), format!("127.0.0.5{i}:9080").parse().unwrap()))
+        })
+        .collect();
+    let owners = mesh.block_on(move || async move {
+        let hashed: std::net::SocketAddr = "10.99.0.50:9080".parse().unwrap();
+        let mut out = Vec::new();
+        for user in 0..12 {
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..3 {
+                let r = send_h1(hashed, get("hashed", "/", &[("x-user", &format!("u{user}"))])).await;
+                seen.insert(r.header("x-backend").unwrap_or("none").to_string());
+            }
+            out.push(seen);
+        }
+        out
+    });
+    assert!(owners.iter().all(|s| s.len() == 1), "a user moved between endpoints: {owners:?}");
+    let all: std::collections::HashSet<_> = owners.iter().flatten().collect();
+    // 12 users over 3 endpoints all on one: (1/3)^11, about 6e-6.
+    assert!(all.len() >= 2, "{all:?}");
 }

@@ -103,6 +103,47 @@ pub enum HealthCheckKind {
     Http { path: String, host: Option<String>, expected: Vec<(i64, i64)> },
 }
 
+impl ClusterConfig {
+    /// A STATIC round-robin cluster of `endpoints` with every other setting at its default: the
+    /// one place unit tests build cluster configs from.
+    #[cfg(test)]
+    pub fn for_test(name: &str, endpoints: Vec<EndpointConfig>) -> ClusterConfig {
+        ClusterConfig {
+            name: name.into(),
+            discovery: DiscoveryType::Static,
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            protocol: UpstreamProtocol::Http1,
+            endpoints,
+            dns_refresh: Duration::from_secs(5),
+            dns_family: DnsFamily::Auto,
+            idle_timeout: None,
+            eds_fetch_timeout: None,
+            circuit_breakers: Default::default(),
+            outlier: None,
+            panic_threshold: 50.0,
+            max_requests_per_connection: None,
+            max_connection_duration: None,
+            tcp_keepalive: None,
+            health_check: None,
+        }
+    }
+
+    /// Test endpoints 127.0.0.1:`first_port`+i with these weights.
+    #[cfg(test)]
+    pub fn test_endpoints(first_port: u16, weights: &[u32]) -> Vec<EndpointConfig> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| EndpointConfig::Ip {
+                addr: ([127, 0, 0, 1], first_port + i as u16).into(),
+                weight: *w,
+                eds_unhealthy: false,
+            })
+            .collect()
+    }
+}
+
 /// TCP keep-alive on upstream sockets; unset values keep the system's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpKeepalive {

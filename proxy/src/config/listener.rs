@@ -110,6 +110,11 @@ pub struct HttpConnManagerConfig {
     pub max_request_headers_bytes: usize,
     pub max_headers_count: usize,
     pub idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection`: the connection is drained
+    /// after that many requests (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY).
+    pub max_requests_per_connection: Option<u32>,
+    /// `common_http_protocol_options.max_connection_duration`: drained after that long.
+    pub max_connection_duration: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
     /// Upgrade types (lower-case) that are allowed, e.g. "websocket"; CONNECT separately.
     pub upgrades: Vec<String>,

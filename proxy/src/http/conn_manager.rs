@@ -36,6 +36,8 @@ pub async fn serve<IO>(
         tls: false,
         activity: Default::default(),
         gate: gate.clone(),
+        requests: Default::default(),
+        retire: tokio::sync::Notify::new(),
     });
     let activity = ctx.clone();
     let svc = service_fn(move |req| router::handle(ctx.clone(), req));
@@ -117,6 +119,7 @@ async fn drive<C, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
+    let max_age = activity.hcm.config.max_connection_duration;
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -127,11 +130,29 @@ async fn drive<C, E>(
             shutdown(conn.as_mut());
             let _ = conn.await;
         }
+        // max_requests_per_connection reached, or max_connection_duration up: drain as for a
+        // shutdown (HTTP/1.1 finishes the request in flight, HTTP/2 sends GOAWAY).
+        _ = activity.retire.notified() => {
+            shutdown(conn.as_mut());
+            let _ = conn.await;
+        }
+        _ = sleep_or_never(max_age) => {
+            tracing::debug!(%peer, "max_connection_duration reached");
+            shutdown(conn.as_mut());
+            let _ = conn.await;
+        }
         _ = idle(activity, idle_timeout) => {
             tracing::debug!(%peer, "idle timeout");
             shutdown(conn.as_mut());
             let _ = conn.await;
         }
+    }
+}
+
+async fn sleep_or_never(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

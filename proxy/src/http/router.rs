@@ -36,6 +36,10 @@ pub struct ConnCtx {
     pub activity: Activity,
     /// Shared with the connection's HTTP/1 framing guard.
     pub gate: Arc<smuggling::Gate>,
+    /// Requests seen, for `max_requests_per_connection`.
+    pub requests: std::sync::atomic::AtomicU32,
+    /// Signalled when the connection must drain (its request limit was reached).
+    pub retire: tokio::sync::Notify,
 }
 
 /// A connection is idle when no request is being handled; `last` is when that started.
@@ -98,6 +102,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
     ctx.activity.begin();
     let ticket = ctx.gate.start();
     let is_connect = req.method() == Method::CONNECT;
+    let is_h2 = req.version() == Version::HTTP_2;
     let mut log = hcm.log.as_ref().map(|l| Box::new(LogRecord::new(l.clone(), &ctx, &req)));
     let mut flags = Vec::new();
     let mut held = filters::Held::default();
@@ -120,6 +125,14 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
         }
     };
     filters::response_phase(&hcm.config.http_filters, &mut resp, &mut held);
+    if let Some(max) = hcm.config.max_requests_per_connection {
+        if ctx.requests.fetch_add(1, Ordering::Relaxed) + 1 >= max {
+            if !is_h2 {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ctx.retire.notify_one();
+        }
+    }
     drop(held);
     if let Some(l) = log.as_mut() {
         if !flags.is_empty() {

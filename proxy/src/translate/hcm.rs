@@ -127,6 +127,8 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         max_request_headers_bytes: max_kb as usize * 1024,
         max_headers_count,
         idle_timeout,
+        max_requests_per_connection: common.max_requests_per_connection.map(|v| v.value).filter(|v| *v > 0),
+        max_connection_duration: duration(&common.max_connection_duration).filter(|d| !d.is_zero()),
         request_headers_timeout: duration(&h.request_headers_timeout).filter(|d| !d.is_zero()),
         upgrades,
         allow_connect,

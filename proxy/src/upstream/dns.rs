@@ -73,28 +73,18 @@ pub fn needs_dns(c: &Arc<Cluster>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, DiscoveryType, LbPolicy, UpstreamProtocol};
+    use crate::config::{ClusterConfig, DiscoveryType};
     use std::time::Duration;
 
     fn localhost_cluster(refresh: Duration) -> Arc<Cluster> {
         Cluster::new(ClusterConfig {
-            name: "dns".into(),
             discovery: DiscoveryType::StrictDns,
-            lb: LbPolicy::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            protocol: UpstreamProtocol::Http1,
-            endpoints: vec![EndpointConfig::Dns { host: "localhost".into(), port: 80, weight: 1 }],
             dns_refresh: refresh,
             dns_family: DnsFamily::V4Only,
-            idle_timeout: None,
-            eds_fetch_timeout: None,
-            circuit_breakers: Default::default(),
-            outlier: None,
-            panic_threshold: 50.0,
-            max_requests_per_connection: None,
-            max_connection_duration: None,
-            tcp_keepalive: None,
-            health_check: None,
+            ..ClusterConfig::for_test(
+                "dns",
+                vec![EndpointConfig::Dns { host: "localhost".into(), port: 80, weight: 1 }],
+            )
         })
     }
 

@@ -105,38 +105,11 @@ pub fn weighted_schedule(list: &[Arc<Endpoint>]) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, DiscoveryType, EndpointConfig, UpstreamProtocol};
+    use crate::config::ClusterConfig;
     use std::collections::HashMap;
-    use std::time::Duration;
 
     fn cluster(lb: LbPolicy, weights: &[u32]) -> Arc<Cluster> {
-        Cluster::new(ClusterConfig {
-            name: "c".into(),
-            discovery: DiscoveryType::Static,
-            lb,
-            connect_timeout: Duration::from_secs(1),
-            protocol: UpstreamProtocol::Http1,
-            endpoints: weights
-                .iter()
-                .enumerate()
-                .map(|(i, w)| EndpointConfig::Ip {
-                    addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
-                    weight: *w,
-                    eds_unhealthy: false,
-                })
-                .collect(),
-            dns_refresh: Duration::from_secs(5),
-            dns_family: crate::config::cluster::DnsFamily::Auto,
-            idle_timeout: None,
-            eds_fetch_timeout: None,
-            circuit_breakers: Default::default(),
-            outlier: None,
-            panic_threshold: 50.0,
-            max_requests_per_connection: None,
-            max_connection_duration: None,
-            tcp_keepalive: None,
-            health_check: None,
-        })
+        Cluster::new(ClusterConfig { lb, ..ClusterConfig::for_test("c", ClusterConfig::test_endpoints(1000, weights)) })
     }
 
     fn counts(c: &Cluster, n: usize) -> HashMap<u16, usize> {

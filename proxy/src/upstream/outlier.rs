@@ -223,34 +223,11 @@ fn success_rate(cluster: &Cluster, list: &[Arc<Endpoint>], od: &OutlierDetection
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, DiscoveryType, EndpointConfig, LbPolicy, UpstreamProtocol};
+    use crate::config::ClusterConfig;
 
     fn cluster(name: &str, n: u16, od: OutlierDetection) -> Arc<Cluster> {
-        Cluster::new(ClusterConfig {
-            name: name.into(),
-            discovery: DiscoveryType::Static,
-            lb: LbPolicy::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            protocol: UpstreamProtocol::Http1,
-            endpoints: (0..n)
-                .map(|i| EndpointConfig::Ip {
-                    addr: ([127, 0, 0, 1], 2000 + i).into(),
-                    weight: 1,
-                    eds_unhealthy: false,
-                })
-                .collect(),
-            dns_refresh: Duration::from_secs(5),
-            dns_family: crate::config::cluster::DnsFamily::Auto,
-            idle_timeout: None,
-            eds_fetch_timeout: None,
-            circuit_breakers: Default::default(),
-            outlier: Some(Box::new(od)),
-            panic_threshold: 50.0,
-            max_requests_per_connection: None,
-            max_connection_duration: None,
-            tcp_keepalive: None,
-            health_check: None,
-        })
+        let endpoints = ClusterConfig::test_endpoints(2000, &vec![1; n as usize]);
+        Cluster::new(ClusterConfig { outlier: Some(Box::new(od)), ..ClusterConfig::for_test(name, endpoints) })
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Snapshot {
                 previous.and_then(|p| p.clusters.get(&*c.name)).filter(|old| same_but_endpoints(&old.config, &c));
             let cluster = match (reused, eds) {
                 (Some(old), Some(eps)) => {
-                    old.update_endpoints(eps.iter().filter_map(ip_endpoint).collect());
+                    old.update_endpoints(eps.iter().filter_map(crate::upstream::cluster::EndpointSpec::of).collect());
                     old.clone()
                 }
                 (Some(old), None) => old.clone(),
@@ -209,11 +209,4 @@ fn same_but_endpoints(a: &Arc<config::ClusterConfig>, b: &Arc<config::ClusterCon
         && a.dns_family == b.dns_family
         && a.idle_timeout == b.idle_timeout
         && (matches!(a.discovery, config::DiscoveryType::Eds(_)) || a.endpoints == b.endpoints)
-}
-
-fn ip_endpoint(e: &config::EndpointConfig) -> Option<(std::net::SocketAddr, u32, bool)> {
-    match e {
-        config::EndpointConfig::Ip { addr, weight, eds_unhealthy } => Some((*addr, *weight, *eds_unhealthy)),
-        config::EndpointConfig::Dns { .. } => None,
-    }
 }

@@ -643,3 +643,34 @@ async fn downstream_connections_drain_after_max_requests_or_max_duration() {
     assert_eq!(aged.send(get("x", "/", &[])).await.status.as_u16(), 200);
     eventually("the connection to close at its maximum duration", WAIT, || aged.is_closed().then_some(())).await;
 }
+
+#[tokio::test]
+async fn priority_failover_sends_traffic_to_the_next_priority_when_the_first_is_down() {
+    let (backup, local) = (Faulty::start("backup"), Faulty::start("local"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let ep = |a: std::net::SocketAddr| json!({"endpoint": {"address": socket(&a.ip().to_string(), a.port())}});
+    let mut c = cluster("app", &[]);
+    c["load_assignment"]["endpoints"] = json!([
+        {"priority": 0, "locality": {"zone": "z1"}, "lb_endpoints": [ep(closed), ep(local.addr)]},
+        {"priority": 1, "locality": {"zone": "z2"}, "lb_endpoints": [ep(backup.addr)]},
+    ]);
+    c["health_checks"] = json!([{"timeout": "1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
+        "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}]);
+    c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": 0.0}});
+    let p = Proxy::start(&bootstrap_with(json!([route("/", "app")]), vec![c]));
+    eventually("the closed endpoint to fail its check", WAIT, || {
+        (cluster_flags(&p, "app", closed) == "/failed_active_hc" && cluster_flags(&p, "app", local.addr) == "healthy")
+            .then_some(())
+    })
+    .await;
+    // Priority 0 at half health: 1.4 × 50 % = 70 % of the load stays there, 30 % goes to 1.
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..200 {
+        let r = get_status(&p, "/", &[]).await;
+        *seen.entry(r.header("x-backend").unwrap().to_string()).or_insert(0) += 1;
+    }
+    let to_backup = seen.get("backup").copied().unwrap_or(0);
+    // 200 draws at 30 %: standard deviation 6.5; 25..95 is more than five of them either way.
+    assert!((25..95).contains(&to_backup), "{seen:?}");
+    assert_eq!(seen.values().sum::<usize>(), 200);
+}

@@ -94,7 +94,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
         Informational("sent to the control plane as given (id, cluster, metadata); the proxy acts on none of it"),
     ),
     ("envoy.config.core.v3.Metadata.*", METADATA),
-    ("envoy.config.core.v3.Locality.*", Informational("labels endpoints; there is no locality-aware balancing")),
+    ("envoy.config.core.v3.Locality.*", Effect("proxy/src/translate/resilience_tests.rs", "priorities_localities_and_overprovisioning_compile")),
     // Addresses and data.
     ("envoy.config.core.v3.Address.socket_address", JSON_BOOTSTRAP),
     ("envoy.config.core.v3.SocketAddress.address", JSON_BOOTSTRAP),
@@ -400,19 +400,17 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ),
     (
         "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy.overprovisioning_factor",
-        Informational(
-            "scales load between priorities; only priority 0 is accepted, and it takes all traffic whatever the factor",
-        ),
+        Effect("proxy/src/translate/resilience_tests.rs", "priorities_localities_and_overprovisioning_compile"),
     ),
     ("envoy.config.endpoint.v3.LocalityLbEndpoints.lb_endpoints", ROUND_ROBIN),
-    ("envoy.config.endpoint.v3.LocalityLbEndpoints.locality", Informational("labels endpoints; there is no locality-aware balancing")),
+    ("envoy.config.endpoint.v3.LocalityLbEndpoints.locality", Effect("proxy/src/upstream/priority.rs", "localities_get_traffic_by_weight_and_health")),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints.priority",
-        Effect(TRANSLATE, "unhealthy_endpoints_are_left_out_and_other_priorities_refused"),
+        Effect("tests/tests/resilience.rs", "priority_failover_sends_traffic_to_the_next_priority_when_the_first_is_down"),
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints.load_balancing_weight",
-        Informational("only used by locality-weighted balancing, which cannot be configured here; Envoy ignores it too then"),
+        Effect("proxy/src/upstream/priority.rs", "localities_get_traffic_by_weight_and_health"),
     ),
     ("envoy.config.endpoint.v3.LbEndpoint.endpoint", ROUND_ROBIN),
     (

@@ -322,12 +322,13 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
     ("envoy.config.core.v3.TcpKeepalive", &["keepalive_probes", "keepalive_time", "keepalive_interval"]),
     ("envoy.config.cluster.v3.Cluster.RingHashLbConfig", &["minimum_ring_size"]),
     ("envoy.config.cluster.v3.Cluster.MaglevLbConfig", &["table_size"]),
-    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold"]),
+    ("envoy.config.cluster.v3.Cluster.CommonLbConfig", &["healthy_panic_threshold", "locality_weighted_lb_config"]),
+    ("envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig", &[]),
     ("envoy.config.cluster.v3.Cluster.LeastRequestLbConfig", &["choice_count"]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment", &["cluster_name", "endpoints", "policy"]),
     ("envoy.config.endpoint.v3.ClusterLoadAssignment.Policy", &["overprovisioning_factor"]),
-    // load_balancing_weight only matters with locality-weighted balancing, which is not
-    // configurable here; Envoy ignores it as well without locality_weighted_lb_config.
+    // load_balancing_weight only matters with locality_weighted_lb_config (Envoy ignores it
+    // otherwise too).
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
         &["lb_endpoints", "locality", "priority", "load_balancing_weight"],

@@ -49,9 +49,23 @@ pub enum EndpointConfig {
         /// EDS `health_status` UNHEALTHY, DRAINING or TIMEOUT: kept (with its runtime state)
         /// but given no traffic.
         eds_unhealthy: bool,
+        /// Its priority and locality, when not priority 0 of a cluster without locality
+        /// weighting (shared by the endpoints of one `LocalityLbEndpoints`).
+        placement: Option<Arc<Placement>>,
     },
     /// STRICT_DNS: resolved now and every `dns_refresh_rate`.
     Dns { host: String, port: u16, weight: u32 },
+}
+
+/// Where an endpoint sits: `LocalityLbEndpoints.priority`, its locality and that locality's
+/// `load_balancing_weight`, and the assignment's `overprovisioning_factor` (percent, 140).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub priority: u32,
+    /// `region/zone/sub_zone`.
+    pub locality: String,
+    pub locality_weight: u32,
+    pub overprovisioning: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +88,8 @@ pub struct ClusterConfig {
     /// `common_lb_config.healthy_panic_threshold` (percent, default 50): below this share of
     /// available endpoints, every endpoint gets traffic again.
     pub panic_threshold: f64,
+    /// `common_lb_config.locality_weighted_lb_config`: localities get traffic by their weight.
+    pub locality_weighted: bool,
     /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
     /// `common_http_protocol_options.max_connection_duration`.
@@ -122,6 +138,7 @@ impl ClusterConfig {
             circuit_breakers: Default::default(),
             outlier: None,
             panic_threshold: 50.0,
+            locality_weighted: false,
             max_requests_per_connection: None,
             max_connection_duration: None,
             tcp_keepalive: None,
@@ -139,6 +156,7 @@ impl ClusterConfig {
                 addr: ([127, 0, 0, 1], first_port + i as u16).into(),
                 weight: *w,
                 eds_unhealthy: false,
+                placement: None,
             })
             .collect()
     }

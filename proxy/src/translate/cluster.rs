@@ -217,6 +217,16 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
     let circuit_breakers = circuit_breakers(&ctx.field("circuit_breakers"), c)?;
     let outlier =
         c.outlier_detection.as_ref().map(|o| outlier(&ctx.field("outlier_detection"), o)).transpose()?.map(Box::new);
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::LocalityConfigSpecifier;
+    let locality_weighted = match c.common_lb_config.as_ref().and_then(|l| l.locality_config_specifier.as_ref()) {
+        None => false,
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => true,
+        Some(_) => {
+            return Err(ctx
+                .field("common_lb_config.zone_aware_lb_config")
+                .err("zone-aware routing is not supported (locality_weighted_lb_config is)"))
+        }
+    };
     let panic_threshold = match c.common_lb_config.as_ref().and_then(|l| l.healthy_panic_threshold) {
         None => 50.0,
         Some(p) if (0.0..=100.0).contains(&p.value) => p.value,
@@ -235,6 +245,7 @@ pub(crate) fn translate_cluster_in(ctx: &Ctx, c: &Cluster) -> Result<ClusterConf
         _ => return Err(ctx.field("health_checks").err("only one health check per cluster is supported")),
     };
     Ok(ClusterConfig {
+        locality_weighted,
         health_check,
         max_connection_duration,
         tcp_keepalive,
@@ -263,11 +274,31 @@ pub fn translate_endpoints(
     discovery: &DiscoveryType,
 ) -> Result<Vec<EndpointConfig>, ConfigError> {
     let mut endpoints = Vec::new();
+    let overprovisioning = match la.policy.as_ref().and_then(|p| p.overprovisioning_factor) {
+        Some(f) if f.value == 0 => {
+            return Err(lctx.field("policy.overprovisioning_factor").err("must be greater than 0"))
+        }
+        Some(f) => f.value,
+        None => 140,
+    };
     for (i, le) in la.endpoints.iter().enumerate() {
         let lectx = lctx.index("endpoints", i);
-        if le.priority != 0 {
-            return Err(lectx.field("priority").err("priorities other than 0 are not supported"));
+        if le.priority > 127 {
+            return Err(lectx.field("priority").err("at most 128 priorities (0-127)"));
         }
+        let locality =
+            le.locality.as_ref().map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone)).unwrap_or_default();
+        let locality_weight = le.load_balancing_weight.map(|w| w.value).unwrap_or(0);
+        // Shared by the group's endpoints; none for the common case (priority 0, no locality).
+        let placed = le.priority != 0 || le.locality.is_some() || le.load_balancing_weight.is_some();
+        let placement = (placed || overprovisioning != 140).then(|| {
+            std::sync::Arc::new(crate::config::cluster::Placement {
+                priority: le.priority,
+                locality,
+                locality_weight,
+                overprovisioning,
+            })
+        });
         for (j, lb) in le.lb_endpoints.iter().enumerate() {
             let ectx = lectx.index("lb_endpoints", j);
             let health = HealthStatus::try_from(lb.health_status).unwrap_or(HealthStatus::Unknown);
@@ -294,7 +325,9 @@ pub fn translate_endpoints(
                 _ => return Err(actx.field("port_value").err("port_value is required")),
             };
             let endpoint = match (sa.address.parse::<IpAddr>(), discovery) {
-                (Ok(ip), _) => EndpointConfig::Ip { addr: (ip, port).into(), weight, eds_unhealthy },
+                (Ok(ip), _) => {
+                    EndpointConfig::Ip { addr: (ip, port).into(), weight, eds_unhealthy, placement: placement.clone() }
+                }
                 (Err(_), DiscoveryType::StrictDns) if !sa.address.is_empty() => {
                     EndpointConfig::Dns { host: sa.address.clone(), port, weight }
                 }

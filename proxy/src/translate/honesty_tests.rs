@@ -136,7 +136,7 @@ fn unhealthy_endpoints_are_left_out_and_other_priorities_refused() {
         let port = c0.pick().unwrap().addr.port();
         assert!([1, 5, 6].contains(&port), "{port}");
     }
-    c["load_assignment"]["endpoints"] = json!([{"priority": 1, "lb_endpoints": [ep(1, "HEALTHY")]}]);
+    c["load_assignment"]["endpoints"] = json!([{"priority": 128, "lb_endpoints": [ep(1, "HEALTHY")]}]);
     assert!(err_of(&bootstrap(vec![http_listener(routes_to("a"))], vec![c])).contains("priority"));
 }
 

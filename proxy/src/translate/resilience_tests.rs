@@ -204,3 +204,30 @@ fn health_checks_compile_with_envoys_default_status_and_refuse_what_is_missing()
     let e = err_of(&with(r, json!({}), hc(json!({"unhealthy_threshold": 0}))));
     assert!(e.contains("unhealthy_threshold"), "{e}");
 }
+
+#[test]
+fn priorities_localities_and_overprovisioning_compile() {
+    use crate::config::EndpointConfig;
+    let r = json!({"match": {"prefix": "/"}, "route": {"cluster": "a"}});
+    let ep =
+        |port: u32| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}});
+    let c = json!({"common_lb_config": {"locality_weighted_lb_config": {}},
+        "load_assignment": {"cluster_name": "a", "policy": {"overprovisioning_factor": 200}, "endpoints": [
+            {"locality": {"region": "r", "zone": "z1"}, "load_balancing_weight": 3, "lb_endpoints": [ep(1)]},
+            {"priority": 1, "lb_endpoints": [ep(2)]}]}});
+    let b = compile(&with(r.clone(), json!({}), c)).unwrap();
+    assert!(b.clusters[0].locality_weighted);
+    let placements: Vec<_> = b.clusters[0]
+        .endpoints
+        .iter()
+        .map(|e| match e {
+            EndpointConfig::Ip { placement: Some(p), .. } => {
+                (p.priority, p.locality.clone(), p.locality_weight, p.overprovisioning)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(placements, [(0, "r/z1/".to_string(), 3, 200), (1, String::new(), 0, 200)]);
+    let c = json!({"common_lb_config": {"zone_aware_lb_config": {}}});
+    assert!(err_of(&with(r, json!({}), c)).contains("zone"));
+}

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use super::lb;
 use super::outlier::Health;
 use super::pool::Pool;
+use crate::config::cluster::Placement;
 use crate::config::{ClusterConfig, EndpointConfig};
 use crate::telemetry::stats::ClusterStats;
 
@@ -30,6 +31,8 @@ pub struct EndpointSet {
     pub(crate) schedule: Option<Vec<u32>>,
     /// RING_HASH / MAGLEV: the table, built for this set.
     pub(crate) table: Option<super::hash::Table>,
+    /// Priorities and localities, when there is more than one level or locality weighting.
+    pub(crate) levels: Option<super::priority::Levels>,
     /// Endpoints the balancer must skip (ejected, failing health checks, EDS-unhealthy): while
     /// 0, picking needs no health check.
     pub(crate) unavailable: AtomicUsize,
@@ -44,6 +47,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Given no traffic by EDS (health_status UNHEALTHY, DRAINING, TIMEOUT).
     pub eds_unhealthy: bool,
+    /// Priority and locality (None: priority 0, no locality weighting).
+    pub placement: Option<Arc<Placement>>,
     pub state: Arc<EndpointState>,
 }
 
@@ -63,7 +68,7 @@ impl std::ops::Deref for Endpoint {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, weight: u32) -> Arc<Endpoint> {
-        Arc::new(Endpoint { addr, weight, eds_unhealthy: false, state: Default::default() })
+        Arc::new(Endpoint { addr, weight, eds_unhealthy: false, placement: None, state: Default::default() })
     }
 
     /// Whether the load balancer may pick it now.
@@ -73,41 +78,70 @@ impl Endpoint {
 }
 
 impl EndpointSet {
-    pub fn new(list: Vec<Arc<Endpoint>>, lb: &crate::config::LbPolicy) -> EndpointSet {
+    pub fn new(list: Vec<Arc<Endpoint>>, config: &ClusterConfig) -> EndpointSet {
         use crate::config::LbPolicy;
         let schedule = lb::weighted_schedule(&list);
         let unavailable = AtomicUsize::new(list.iter().filter(|e| !e.available()).count());
-        let table = match *lb {
+        let levels = super::priority::Levels::build(&list, config.locality_weighted);
+        let table = match config.lb {
             LbPolicy::RingHash { min_size, max_size } => super::hash::Table::ring(&list, min_size, max_size),
             LbPolicy::Maglev { table_size } => super::hash::Table::maglev(&list, table_size),
             _ => None,
         };
-        EndpointSet { list, schedule, table, unavailable }
+        EndpointSet { list, schedule, table, levels, unavailable }
     }
 }
 
-fn ip_endpoint(e: &EndpointConfig) -> Option<(SocketAddr, u32, bool)> {
-    match e {
-        EndpointConfig::Ip { addr, weight, eds_unhealthy } => Some((*addr, *weight, *eds_unhealthy)),
-        EndpointConfig::Dns { .. } => None,
+/// An endpoint as configured: what an endpoint set is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub eds_unhealthy: bool,
+    pub placement: Option<Arc<Placement>>,
+}
+
+impl EndpointSpec {
+    /// The spec of an IP endpoint (None for a DNS name, resolved later).
+    pub fn of(e: &EndpointConfig) -> Option<EndpointSpec> {
+        match e {
+            EndpointConfig::Ip { addr, weight, eds_unhealthy, placement } => Some(EndpointSpec {
+                addr: *addr,
+                weight: *weight,
+                eds_unhealthy: *eds_unhealthy,
+                placement: placement.clone(),
+            }),
+            EndpointConfig::Dns { .. } => None,
+        }
+    }
+
+    fn same(&self, e: &Endpoint) -> bool {
+        self.addr == e.addr
+            && self.weight == e.weight
+            && self.eds_unhealthy == e.eds_unhealthy
+            && self.placement == e.placement
     }
 }
 
 /// A new endpoint; with active health checks it waits out of rotation for its first check.
-fn new_endpoint(addr: SocketAddr, weight: u32, eds_unhealthy: bool, checked: bool) -> Arc<Endpoint> {
+fn new_endpoint(spec: EndpointSpec, checked: bool) -> Arc<Endpoint> {
     let state = EndpointState::default();
     state.health.hc_failed.store(checked, Ordering::Relaxed);
-    Arc::new(Endpoint { addr, weight, eds_unhealthy, state: Arc::new(state) })
+    let EndpointSpec { addr, weight, eds_unhealthy, placement } = spec;
+    Arc::new(Endpoint { addr, weight, eds_unhealthy, placement, state: Arc::new(state) })
 }
 
-/// The endpoints `addrs`, sharing state with those of `old` at the same address.
-fn carry_over(old: &EndpointSet, addrs: Vec<(SocketAddr, u32, bool)>, checked: bool) -> Vec<Arc<Endpoint>> {
-    addrs
+/// The endpoints `specs`, sharing state with those of `old` at the same address.
+fn carry_over(old: &EndpointSet, specs: Vec<EndpointSpec>, checked: bool) -> Vec<Arc<Endpoint>> {
+    specs
         .into_iter()
-        .map(|(addr, weight, eds_unhealthy)| match old.list.iter().find(|e| e.addr == addr) {
-            Some(e) if e.weight == weight && e.eds_unhealthy == eds_unhealthy => e.clone(),
-            Some(e) => Arc::new(Endpoint { addr, weight, eds_unhealthy, state: e.state.clone() }),
-            None => new_endpoint(addr, weight, eds_unhealthy, checked),
+        .map(|spec| match old.list.iter().find(|e| e.addr == spec.addr) {
+            Some(e) if spec.same(e) => e.clone(),
+            Some(e) => {
+                let EndpointSpec { addr, weight, eds_unhealthy, placement } = spec;
+                Arc::new(Endpoint { addr, weight, eds_unhealthy, placement, state: e.state.clone() })
+            }
+            None => new_endpoint(spec, checked),
         })
         .collect()
 }
@@ -129,16 +163,16 @@ impl Cluster {
         eds: Option<&[EndpointConfig]>,
         previous: Option<&Cluster>,
     ) -> Arc<Cluster> {
-        let addrs: Vec<_> = eds.unwrap_or(&config.endpoints).iter().filter_map(ip_endpoint).collect();
+        let specs: Vec<_> = eds.unwrap_or(&config.endpoints).iter().filter_map(EndpointSpec::of).collect();
         let old = previous.map(|p| p.endpoints.load_full());
         let checked = config.health_check.is_some();
         let list = match &old {
-            Some(old) => carry_over(old, addrs, checked),
-            None => addrs.into_iter().map(|(a, w, u)| new_endpoint(a, w, u, checked)).collect(),
+            Some(old) => carry_over(old, specs, checked),
+            None => specs.into_iter().map(|s| new_endpoint(s, checked)).collect(),
         };
         let stats = ClusterStats::named(&config.name);
         stats.set_limits(&config.circuit_breakers);
-        let set = EndpointSet::new(list, &config.lb);
+        let set = EndpointSet::new(list, &config);
         let cluster = Arc::new(Cluster {
             name: config.name.clone(),
             stats,
@@ -157,15 +191,13 @@ impl Cluster {
     }
 
     /// Replaces the endpoint set, keeping the runtime state of the addresses that remain.
-    pub fn update_endpoints(&self, addrs: Vec<(SocketAddr, u32, bool)>) {
+    pub fn update_endpoints(&self, specs: Vec<EndpointSpec>) {
         let old = self.endpoints.load();
-        if old.list.len() == addrs.len()
-            && old.list.iter().zip(&addrs).all(|(e, (a, w, u))| e.addr == *a && e.weight == *w && e.eds_unhealthy == *u)
-        {
+        if old.list.len() == specs.len() && old.list.iter().zip(&specs).all(|(e, s)| s.same(e)) {
             return;
         }
-        let list = carry_over(&old, addrs, self.config.health_check.is_some());
-        self.endpoints.store(Arc::new(EndpointSet::new(list, &self.config.lb)));
+        let list = carry_over(&old, specs, self.config.health_check.is_some());
+        self.endpoints.store(Arc::new(EndpointSet::new(list, &self.config)));
         self.membership_changed();
     }
 

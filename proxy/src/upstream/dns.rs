@@ -3,22 +3,28 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
+use super::cluster::EndpointSpec;
 use super::Cluster;
 use crate::config::cluster::DnsFamily;
 use crate::config::EndpointConfig;
 
 pub async fn resolve_once(cluster: &Cluster) {
-    let mut addrs: Vec<(SocketAddr, u32, bool)> = Vec::new();
+    let mut addrs: Vec<EndpointSpec> = Vec::new();
     for e in &cluster.config.endpoints {
         match e {
-            EndpointConfig::Ip { addr, weight, eds_unhealthy } => addrs.push((*addr, *weight, *eds_unhealthy)),
+            EndpointConfig::Ip { .. } => addrs.extend(EndpointSpec::of(e)),
             EndpointConfig::Dns { host, port, weight } => match tokio::net::lookup_host((host.as_str(), *port)).await {
                 Ok(it) => {
                     let mut found: Vec<SocketAddr> = it.collect();
                     found.sort();
                     found.dedup();
                     let found = filter_family(found, cluster.config.dns_family);
-                    addrs.extend(found.into_iter().map(|a| (a, *weight, false)));
+                    addrs.extend(found.into_iter().map(|addr| EndpointSpec {
+                        addr,
+                        weight: *weight,
+                        eds_unhealthy: false,
+                        placement: None,
+                    }));
                 }
                 Err(err) => {
                     tracing::warn!(cluster = %cluster.config.name, %host, %err, "DNS resolution failed; keeping last answer");

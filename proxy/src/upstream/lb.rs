@@ -24,10 +24,14 @@ pub fn pick<'a>(cluster: &Cluster, set: &'a EndpointSet, hash: Option<u64>) -> O
         cluster.stats.lb_healthy_panic.inc();
     }
     // Consistent hashing: the key's place in the table (without a key, a random endpoint).
+    // Priorities and localities do not apply to it.
     if let Some(t) = &set.table {
         let h = hash.unwrap_or_else(|| fastrand::u64(..));
         let i = t.pick(h, n, |i| panic || unavailable == 0 || set.list[i].available())?;
         return set.list.get(i);
+    }
+    if let Some(levels) = &set.levels {
+        return levels.pick(cluster, set, panic);
     }
     if unavailable == 0 || panic {
         return pick_any(cluster, set);
@@ -75,7 +79,7 @@ fn pick_any<'a>(cluster: &Cluster, set: &'a EndpointSet) -> Option<&'a Arc<Endpo
 }
 
 /// Lower is better: active requests relative to weight.
-fn score(e: &Endpoint) -> f64 {
+pub(crate) fn score(e: &Endpoint) -> f64 {
     (e.active_requests.load(Ordering::Relaxed) as f64 + 1.0) / e.weight.max(1) as f64
 }
 

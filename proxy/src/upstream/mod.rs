@@ -6,5 +6,6 @@ pub mod health_check;
 pub mod lb;
 pub mod outlier;
 pub mod pool;
+pub mod priority;
 
 pub use cluster::{Cluster, Endpoint, EndpointSet};

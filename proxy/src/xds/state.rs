@@ -545,7 +545,7 @@ mod tests {
         assert!(Arc::ptr_eq(&eps, &s.store.endpoints["a"]));
         assert_eq!(
             s.store.endpoints["b"][0],
-            EndpointConfig::Ip { addr: ([10, 0, 0, 1], 3).into(), weight: 1, eds_unhealthy: false }
+            EndpointConfig::Ip { addr: ([10, 0, 0, 1], 3).into(), weight: 1, eds_unhealthy: false, placement: None }
         );
         assert_eq!(dump.resources.lock().unwrap()[CLUSTER]["a"].resource.as_ptr(), bytes);
 

@@ -104,6 +104,10 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.cluster.v3.Cluster.outlier_detection", EJECT),
     ("envoy.config.cluster.v3.Cluster.common_lb_config", OUTLIER_COMPILE),
     (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.locality_weighted_lb_config",
+        Effect("proxy/src/upstream/priority.rs", "localities_get_traffic_by_weight_and_health"),
+    ),
+    (
         "envoy.config.cluster.v3.Cluster.CommonLbConfig.healthy_panic_threshold",
         Effect("proxy/src/upstream/lb.rs", "unavailable_endpoints_are_skipped_until_the_panic_threshold"),
     ),

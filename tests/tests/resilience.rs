@@ -674,3 +674,40 @@ async fn priority_failover_sends_traffic_to_the_next_priority_when_the_first_is_
     assert!((25..95).contains(&to_backup), "{seen:?}");
     assert_eq!(seen.values().sum::<usize>(), 200);
 }
+
+#[tokio::test]
+async fn timeout_headers_from_trusted_callers_set_the_timeout_and_never_reach_the_upstream() {
+    let app = Faulty::start("app");
+    app.set_delay(1_000);
+    let routes = json!([vhost("all", &["*"], json!([route("/", "app")]))]);
+    let mut edge = http_listener("edge", routes.clone());
+    let hcm = &mut edge["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["use_remote_address"] = json!(true);
+    hcm["xff_num_trusted_hops"] = json!(1);
+    let mut expected = http_listener("expected", routes);
+    expected["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
+        ["respect_expected_rq_timeout"] = json!(true);
+    let p = Proxy::start(&bootstrap(vec![edge, expected], vec![cluster("app", &[app.addr])]));
+    let send = |listener: &str, headers: Vec<(&'static str, &'static str)>| {
+        let addr = p.addr(listener);
+        async move { outrigger_tests::client::get_h1(addr, "x", "/", &headers).await.status.as_u16() }
+    };
+    // An internal caller (the trusted hop saw 10.0.0.7): its 200 ms replace the route's 15 s.
+    let internal = vec![("x-forwarded-for", "10.0.0.7"), ("x-envoy-upstream-rq-timeout-ms", "200")];
+    assert_eq!(send("edge", internal).await, 504);
+    // An external one (203.0.113.9) at the edge: ignored.
+    let external = vec![("x-forwarded-for", "203.0.113.9"), ("x-envoy-upstream-rq-timeout-ms", "200")];
+    assert_eq!(send("edge", external).await, 200);
+    // The per-try header bounds the single attempt too.
+    assert_eq!(
+        send("edge", vec![("x-forwarded-for", "10.0.0.7"), ("x-envoy-upstream-rq-per-try-timeout-ms", "200")]).await,
+        504
+    );
+    // With respect_expected_rq_timeout the expected timeout is the one that counts.
+    let both = vec![("x-envoy-expected-rq-timeout-ms", "200"), ("x-envoy-upstream-rq-timeout-ms", "5000")];
+    assert_eq!(send("expected", both).await, 504);
+    assert!(app.received().iter().all(|r| !r
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-envoy-upstream-rq") || k.as_str() == "x-envoy-expected-rq-timeout-ms")));
+}

@@ -261,6 +261,10 @@ const EVIDENCE: &[(&str, Evidence)] = &[
             "only true can be set (a proto3 bool), and it asks for no x-envoy-* headers: outrigger adds none anyway",
         ),
     ),
+    (
+        "envoy.extensions.filters.http.router.v3.Router.respect_expected_rq_timeout",
+        Effect("tests/tests/resilience.rs", "timeout_headers_from_trusted_callers_set_the_timeout_and_never_reach_the_upstream"),
+    ),
     ("envoy.config.accesslog.v3.AccessLog.name", Informational("a label; the logger is selected by typed_config")),
     ("envoy.config.accesslog.v3.AccessLog.typed_config", Effect(ROUTING, "no_route_returns_404_with_nr_flag")),
     ("envoy.extensions.access_loggers.file.v3.FileAccessLog.path", Effect(FIELDS, "file_access_log_writes_to_its_path")),

@@ -93,7 +93,7 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
         &["upgrade_type", "enabled"],
     ),
     ("envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter", &["name", "typed_config"]),
-    ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers"]),
+    ("envoy.extensions.filters.http.router.v3.Router", &["suppress_envoy_headers", "respect_expected_rq_timeout"]),
     ("envoy.config.accesslog.v3.AccessLog", &["name", "typed_config"]),
     ("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog", &[]),
     ("envoy.extensions.access_loggers.stream.v3.StderrAccessLog", &[]),

@@ -116,6 +116,9 @@ pub struct HttpConnManagerConfig {
     /// `common_http_protocol_options.max_connection_duration`: drained after that long.
     pub max_connection_duration: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
+    /// The router's `respect_expected_rq_timeout`: `x-envoy-expected-rq-timeout-ms` sets the
+    /// timeout (from trusted callers).
+    pub respect_expected_rq_timeout: bool,
     /// Upgrade types (lower-case) that are allowed, e.g. "websocket"; CONNECT separately.
     pub upgrades: Vec<String>,
     pub allow_connect: bool,

@@ -165,10 +165,12 @@ pub async fn forward(
     out: &mut Outgoing,
     original_dst: Option<SocketAddr>,
     hash: Option<u64>,
+    asked: crate::http::headers::TimeoutHeaders,
 ) -> Sent {
     let mut up = Upstream { cluster, action, wire, out, original_dst, hash, tried: Vec::new(), retries: 0 };
     let policy = action.retry.as_deref();
-    let o = retry::run(policy, action.timeout, &mut up).await;
+    let timeout = asked.global.unwrap_or(action.timeout);
+    let o = retry::run(policy, timeout, asked.per_try, &mut up).await;
     let stats = &cluster.stats;
     stats.rq_per_try_timeout.add(o.per_try_timeouts as u64);
     if matches!(o.result, Err(Flag::UpstreamTimeout)) {

@@ -91,6 +91,43 @@ pub fn trusted_client(h: &HeaderMap, peer: SocketAddr, use_remote_address: bool,
     }
 }
 
+/// Envoy's internal addresses: loopback, RFC 1918, link-local and unique-local IPv6.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Timeouts a request asks for with Envoy's headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TimeoutHeaders {
+    /// `x-envoy-upstream-rq-timeout-ms` (or, when the router respects it,
+    /// `x-envoy-expected-rq-timeout-ms`): Some(None) for 0, no timeout.
+    pub global: Option<Option<std::time::Duration>>,
+    /// `x-envoy-upstream-rq-per-try-timeout-ms`.
+    pub per_try: Option<std::time::Duration>,
+}
+
+/// Takes the timeout headers out of the request (they never reach the upstream) and returns
+/// what they ask for, if the caller may ask: an edge request from an external address has them
+/// ignored, as Envoy sanitises `x-envoy-*` headers of external requests.
+pub fn timeout_headers(h: &mut HeaderMap, trusted: bool, respect_expected: bool) -> TimeoutHeaders {
+    let mut ms = |name: &str| {
+        let v = h.remove(name)?;
+        v.to_str().ok()?.trim().parse::<u64>().ok()
+    };
+    let upstream = ms("x-envoy-upstream-rq-timeout-ms");
+    let per_try = ms("x-envoy-upstream-rq-per-try-timeout-ms");
+    let expected = ms("x-envoy-expected-rq-timeout-ms");
+    if !trusted {
+        return TimeoutHeaders::default();
+    }
+    let global = if respect_expected { expected.or(upstream) } else { upstream };
+    let d = std::time::Duration::from_millis;
+    TimeoutHeaders { global: global.map(|g| (g > 0).then(|| d(g))), per_try: per_try.filter(|p| *p > 0).map(d) }
+}
+
 /// Envoy's rules: with `use_remote_address`, the peer address is appended to XFF (unless
 /// `skip_xff_append`) and `x-forwarded-proto` is set from the connection; otherwise an existing XFP
 /// is kept and one is only added when absent.
@@ -183,6 +220,31 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn timeout_headers_are_taken_out_and_honoured_only_from_trusted_callers() {
+        let ms = std::time::Duration::from_millis;
+        let mut h = HeaderMap::new();
+        h.insert("x-envoy-upstream-rq-timeout-ms", HeaderValue::from_static("250"));
+        h.insert("x-envoy-upstream-rq-per-try-timeout-ms", HeaderValue::from_static("100"));
+        h.insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from_static("900"));
+        let mut a = h.clone();
+        assert_eq!(
+            timeout_headers(&mut a, true, false),
+            TimeoutHeaders { global: Some(Some(ms(250))), per_try: Some(ms(100)) }
+        );
+        assert!(a.is_empty(), "the headers do not go upstream");
+        let mut b = h.clone();
+        assert_eq!(timeout_headers(&mut b, true, true).global, Some(Some(ms(900))));
+        let mut c = h.clone();
+        assert_eq!(timeout_headers(&mut c, false, true), TimeoutHeaders::default());
+        assert!(c.is_empty());
+        let mut z = HeaderMap::new();
+        z.insert("x-envoy-upstream-rq-timeout-ms", HeaderValue::from_static("0"));
+        assert_eq!(timeout_headers(&mut z, true, false).global, Some(None));
+        assert!(is_internal("10.1.2.3".parse().unwrap()) && is_internal("::1".parse().unwrap()));
+        assert!(is_internal("fd00::1".parse().unwrap()) && !is_internal("8.8.8.8".parse().unwrap()));
     }
 
     #[test]

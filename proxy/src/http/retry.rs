@@ -103,10 +103,12 @@ pub(crate) trait Attempts {
 }
 
 /// Makes attempts until one is not retriable, the retries run out, `may_retry` says no, or the
-/// route timeout passes (504 `UT`).
+/// route timeout passes (504 `UT`). `per_try_timeout` (a request's header) overrides the
+/// policy's.
 pub(crate) async fn run<A: Attempts>(
     policy: Option<&RetryPolicy>,
     timeout: Option<Duration>,
+    per_try_timeout: Option<Duration>,
     a: &mut A,
 ) -> Outcome<A::Response> {
     let deadline = timeout.map(|t| Instant::now() + t);
@@ -120,7 +122,7 @@ pub(crate) async fn run<A: Attempts>(
         per_try_timeouts,
     };
     loop {
-        let per_try = policy.and_then(|p| p.per_try_timeout).map(|t| Instant::now() + t);
+        let per_try = per_try_timeout.or(policy.and_then(|p| p.per_try_timeout)).map(|t| Instant::now() + t);
         let limit = match (per_try, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

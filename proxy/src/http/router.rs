@@ -262,6 +262,11 @@ async fn proxy(
 
     // Request headers as the upstream must see them.
     let downstream_version = req.version();
+    let trusted = !cfg.use_remote_address || {
+        let client = headers::trusted_client(req.headers(), ctx.peer, true, cfg.xff_num_trusted_hops);
+        headers::is_internal(client.ip())
+    };
+    let asked = headers::timeout_headers(req.headers_mut(), trusted, cfg.respect_expected_rq_timeout);
     {
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h, upgrade.is_some());
@@ -333,7 +338,7 @@ async fn proxy(
     };
     let mut out =
         Outgoing { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers, body };
-    let sent = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash).await;
+    let sent = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash, asked).await;
     if let (Some(l), Some(h)) = (log.as_mut(), sent.upstream_host) {
         l.entry.upstream_host = Some(h.to_string());
     }

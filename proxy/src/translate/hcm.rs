@@ -47,6 +47,7 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
     }
     let scope = crate::http::filters::FilterScope { stat_prefix: h.stat_prefix.clone() };
     let mut http_filters = Vec::new();
+    let mut respect_expected_rq_timeout = false;
     for (i, f) in h.http_filters.iter().enumerate() {
         let fctx = ctx.index("http_filters", i);
         let last = i + 1 == h.http_filters.len();
@@ -60,6 +61,9 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
             if !last {
                 return Err(fctx.err("the router filter must be the last HTTP filter"));
             }
+            let router: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
+                decode_any(&fctx.field("typed_config"), any, ROUTER)?;
+            respect_expected_rq_timeout = router.respect_expected_rq_timeout;
             continue;
         }
         if last {
@@ -130,6 +134,7 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         max_requests_per_connection: common.max_requests_per_connection.map(|v| v.value).filter(|v| *v > 0),
         max_connection_duration: duration(&common.max_connection_duration).filter(|d| !d.is_zero()),
         request_headers_timeout: duration(&h.request_headers_timeout).filter(|d| !d.is_zero()),
+        respect_expected_rq_timeout,
         upgrades,
         allow_connect,
         access_log: access_logs(&ctx.field("access_log"), &h.access_log)?,

@@ -77,7 +77,7 @@ fn policy(on: &str, retries: u32) -> RetryPolicy {
 async fn retries_5xx_until_success_and_reports_the_attempts() {
     let p = policy("5xx", 3);
     let mut s = Script::new(&[(1, Ok(503)), (1, Ok(500)), (1, Ok(200))]);
-    let o = run(Some(&p), None, &mut s).await;
+    let o = run(Some(&p), None, None, &mut s).await;
     assert_eq!(o.result.unwrap().0, 200);
     assert_eq!(o.attempts, 3);
     assert!(!o.exhausted);
@@ -87,7 +87,7 @@ async fn retries_5xx_until_success_and_reports_the_attempts() {
 async fn retries_that_run_out_return_the_last_response_marked_exhausted() {
     let p = policy("gateway-error", 2);
     let mut s = Script::new(&[(1, Ok(502)), (1, Ok(503)), (1, Ok(504))]);
-    let o = run(Some(&p), None, &mut s).await;
+    let o = run(Some(&p), None, None, &mut s).await;
     assert_eq!(o.result.unwrap().0, 504);
     assert_eq!(o.attempts, 3);
     assert!(o.exhausted);
@@ -110,7 +110,7 @@ async fn conditions_decide_what_is_retried() {
     for (on, first, retried) in cases {
         let p = policy(on, 1);
         let mut s = Script::new(&[(1, first), (1, Ok(200))]);
-        let o = run(Some(&p), None, &mut s).await;
+        let o = run(Some(&p), None, None, &mut s).await;
         assert_eq!(o.attempts == 2, retried, "{on} on {first:?}");
     }
 }
@@ -130,7 +130,7 @@ async fn no_retry_when_the_body_cannot_be_sent_again_or_the_breaker_says_no() {
     let p = policy("5xx", 3);
     let mut s = Script::new(&[(1, Ok(503))]);
     s.allow_retry = false;
-    let o = run(Some(&p), None, &mut s).await;
+    let o = run(Some(&p), None, None, &mut s).await;
     assert_eq!(o.result.unwrap().0, 503);
     assert_eq!(o.attempts, 1);
     assert!(!o.exhausted);
@@ -142,7 +142,7 @@ async fn per_try_timeout_cuts_an_attempt_and_the_next_one_answers() {
     p.per_try_timeout = Some(Duration::from_millis(100));
     let mut s = Script::new(&[(10_000, Ok(200)), (5, Ok(201))]);
     let start = Instant::now();
-    let o = run(Some(&p), Some(Duration::from_secs(15)), &mut s).await;
+    let o = run(Some(&p), Some(Duration::from_secs(15)), None, &mut s).await;
     assert_eq!(o.result.unwrap().0, 201);
     assert_eq!(o.per_try_timeouts, 1);
     assert_eq!(s.timeouts, 1);
@@ -157,7 +157,7 @@ async fn the_route_timeout_spans_all_attempts() {
     p.per_try_timeout = Some(Duration::from_millis(400));
     let mut s = Script::new(&[(10_000, Ok(200)), (10_000, Ok(200)), (10_000, Ok(200))]);
     let start = Instant::now();
-    let o = run(Some(&p), Some(Duration::from_secs(1)), &mut s).await;
+    let o = run(Some(&p), Some(Duration::from_secs(1)), None, &mut s).await;
     assert!(matches!(o.result, Err(Flag::UpstreamTimeout)));
     assert_eq!(Instant::now() - start, Duration::from_secs(1));
     assert!(s.started.len() >= 2 && s.started.len() <= 3);
@@ -166,7 +166,7 @@ async fn the_route_timeout_spans_all_attempts() {
 #[tokio::test(start_paused = true)]
 async fn without_a_policy_one_attempt_under_the_route_timeout() {
     let mut s = Script::new(&[(2_000, Ok(200))]);
-    let o = run(None, Some(Duration::from_millis(500)), &mut s).await;
+    let o = run(None, Some(Duration::from_millis(500)), None, &mut s).await;
     assert!(matches!(o.result, Err(Flag::UpstreamTimeout)));
     assert_eq!(o.attempts, 1);
     assert_eq!(o.per_try_timeouts, 0);

@@ -1,6 +1,6 @@
 //! An HTTP/1.1 upstream that misbehaves on command, for the resilience tests: answer 5xx to the
 //! next N requests, answer slowly, reset in the middle of a response, close idle keep-alive
-//! connections after a random 50–150 ms (or any range). It records what it received (host,
+//! connections after a random 50–150 ms (or any range), stall in the middle of a body. It records what it received (host,
 //! body, `x-envoy-attempt-count`) and answers `x-backend: <name>` with body `<name>`; a failed
 //! answer (by `fail_next`) also carries `x-faulty: failed`.
 use std::convert::Infallible;
@@ -39,6 +39,8 @@ struct State {
     fail_status: AtomicU64,
     delay_ms: AtomicU64,
     reset_mid_response: AtomicBool,
+    /// Answers send part of their body, then wait this long before the rest.
+    stall_body_ms: AtomicU64,
     /// (min, max) ms after which an idle keep-alive connection is closed; (0, 0) never.
     idle_close: Mutex<(u64, u64)>,
     received: Mutex<Vec<Received>>,
@@ -83,6 +85,11 @@ impl Faulty {
     /// Answers send their headers and part of the body, then the connection is reset.
     pub fn reset_mid_response(&self, on: bool) {
         self.state.reset_mid_response.store(on, Ordering::SeqCst);
+    }
+
+    /// Answers send their headers and part of the body, then stall this long before the rest.
+    pub fn stall_body(&self, ms: u64) {
+        self.state.stall_body_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Idle keep-alive connections are closed after a uniformly random `min..=max` ms.
@@ -178,6 +185,20 @@ async fn answer(name: &str, state: &State, req: Request<Incoming>) -> Result<Res
         ];
         let body = StreamBody::new(futures_util::stream::iter(chunks));
         return Ok(resp.header("content-length", "100").body(BodyExt::boxed(body)).unwrap());
+    }
+    let stall = state.stall_body_ms.load(Ordering::SeqCst);
+    if stall > 0 {
+        let chunks = futures_util::stream::unfold(0u8, move |step| async move {
+            match step {
+                0 => Some((Ok(Frame::data(Bytes::from_static(b"first,"))), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(stall)).await;
+                    Some((Ok(Frame::data(Bytes::from_static(b"second"))), 2))
+                }
+                _ => None,
+            }
+        });
+        return Ok(resp.header("content-length", "12").body(BodyExt::boxed(StreamBody::new(chunks))).unwrap());
     }
     let body = Full::new(Bytes::from(name.to_string())).map_err(|never| match never {});
     Ok(resp.body(BodyExt::boxed(body)).unwrap())

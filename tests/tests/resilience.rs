@@ -711,3 +711,28 @@ async fn timeout_headers_from_trusted_callers_set_the_timeout_and_never_reach_th
         .keys()
         .any(|k| k.as_str().starts_with("x-envoy-upstream-rq") || k.as_str() == "x-envoy-expected-rq-timeout-ms")));
 }
+
+#[tokio::test]
+async fn stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body() {
+    let (slow, stalling) = (Faulty::start("slow"), Faulty::start("stalling"));
+    slow.set_delay(1_500);
+    stalling.stall_body(3_000);
+    let mut patient = route("/patient", "slow");
+    patient["route"]["idle_timeout"] = json!("0s");
+    let routes = json!([vhost("all", &["*"], json!([patient, route("/stall", "stalling"), route("/", "slow")]))]);
+    let mut l = http_listener("http", routes);
+    l["filter_chains"][0]["filters"][0]["typed_config"]["stream_idle_timeout"] = json!("0.3s");
+    let p =
+        Proxy::start(&bootstrap(vec![l], vec![cluster("slow", &[slow.addr]), cluster("stalling", &[stalling.addr])]));
+    // Nothing happens on the stream for 0.3 s while the upstream thinks: 408, flag SI.
+    let r = get_status(&p, "/", &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (408, "stream timeout"));
+    p.access_log("the idle request", |l| l["path"] == "/" && l["response_flags"] == "SI").await;
+    // The route's idle_timeout 0s turns it off.
+    assert_eq!(get_status(&p, "/patient", &[]).await.status.as_u16(), 200);
+    // A body that stalls longer than the timeout is cut: the client gets its head and the first
+    // part only.
+    let got = outrigger_tests::client::raw(p.addr("http"), b"GET /stall HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("first,"), "{got:?}");
+    p.access_log("the stalled body", |l| l["path"] == "/stall" && l["response_flags"] == "SI").await;
+}

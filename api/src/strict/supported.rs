@@ -80,6 +80,7 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "generate_request_id",
             "preserve_external_request_id",
             "request_headers_timeout",
+            "stream_idle_timeout",
             "max_request_headers_kb",
             "upgrade_configs",
             "access_log",
@@ -181,6 +182,7 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "retry_policy",
             "request_mirror_policies",
             "hash_policy",
+            "idle_timeout",
         ],
     ),
     // retry_priority (istiod's previous_priorities for retryRemoteLocalities) is left out: the

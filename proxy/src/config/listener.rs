@@ -116,6 +116,11 @@ pub struct HttpConnManagerConfig {
     /// `common_http_protocol_options.max_connection_duration`: drained after that long.
     pub max_connection_duration: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
+    /// `stream_idle_timeout` (Envoy's 5 min when unset; None: `0s`, disabled).
+    pub stream_idle_timeout: Option<Duration>,
+    /// `stream_idle_timeout` was set: the response body relay is watched too (a timer per
+    /// response, so not for the default).
+    pub stream_idle_explicit: bool,
     /// The router's `respect_expected_rq_timeout`: `x-envoy-expected-rq-timeout-ms` sets the
     /// timeout (from trusted callers).
     pub respect_expected_rq_timeout: bool,

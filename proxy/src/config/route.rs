@@ -292,6 +292,9 @@ pub struct RouteAction {
     pub attempt_count_header: bool,
     /// `hash_policy`: the key of consistent-hash balancing.
     pub hash_policy: Box<[HashPolicy]>,
+    /// `idle_timeout`: overrides the connection manager's `stream_idle_timeout` (Some(None):
+    /// `0s`, disabled).
+    pub idle_timeout: Option<Option<Duration>>,
 }
 
 /// One `hash_policy` entry.

@@ -1,6 +1,7 @@
 //! The response body handed to the downstream codec: either the upstream's body, streamed, or a
 //! local body. The upstream variant carries a guard that returns the HTTP/1.1 connection to its
 //! pool only once the body has been read to the end (a half-read connection is never reused).
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -28,6 +29,10 @@ impl ProxyBody {
 
 /// Work to do when the upstream response has been fully relayed (or abandoned).
 pub struct StreamDone {
+    /// The stream idle timeout while relaying the body: armed only when the upstream has nothing
+    /// to give, reset by each frame; when it fires the stream ends in error (flag `SI`).
+    pub idle: Option<std::time::Duration>,
+    pub idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub pool: Option<PoolReturn>,
     /// Counts the request as active on its endpoint and cluster until the response is done.
     pub flight: Option<InFlight>,
@@ -50,18 +55,28 @@ impl Drop for StreamDone {
     }
 }
 
+/// The stream idle timeout fired while the response body was being relayed.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout")]
+pub struct StreamIdle;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream { body, done } => {
-                let r = Pin::new(&mut *body).poll_frame(cx);
+                let r = Pin::new(&mut *body).poll_frame(cx).map(|o| o.map(|r| r.map_err(BoxError::from)));
                 if let Some(d) = done.as_mut() {
                     match &r {
                         Poll::Ready(Some(Ok(f))) => {
+                            if let (Some(t), Some(idle)) = (d.idle_timer.as_mut(), d.idle) {
+                                t.as_mut().reset(tokio::time::Instant::now() + idle);
+                            }
                             if let Some(data) = f.data_ref() {
                                 d.bytes_sent += data.len() as u64;
                             }
@@ -77,7 +92,18 @@ impl Body for ProxyBody {
                         Poll::Ready(Some(Err(_))) => {
                             done.take();
                         }
-                        Poll::Pending => {}
+                        Poll::Pending => {
+                            if let Some(idle) = d.idle {
+                                let t = d.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                                if t.as_mut().poll(cx).is_ready() {
+                                    if let Some(log) = d.log.as_mut() {
+                                        log.flag(super::local_reply::Flag::StreamIdleTimeout);
+                                    }
+                                    done.take();
+                                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                                }
+                            }
+                        }
                     }
                 }
                 r

@@ -131,12 +131,13 @@ async fn drive<C, E>(
             let _ = conn.await;
         }
         // max_requests_per_connection reached, or max_connection_duration up: drain as for a
-        // shutdown (HTTP/1.1 finishes the request in flight, HTTP/2 sends GOAWAY).
-        _ = activity.retire.notified() => {
+        // shutdown (HTTP/1.1 finishes the request in flight, HTTP/2 sends GOAWAY). Unconfigured,
+        // the branches are not polled at all.
+        _ = activity.retire.notified(), if activity.hcm.config.max_requests_per_connection.is_some() => {
             shutdown(conn.as_mut());
             let _ = conn.await;
         }
-        _ = sleep_or_never(max_age) => {
+        _ = sleep_or_never(max_age), if max_age.is_some() => {
             tracing::debug!(%peer, "max_connection_duration reached");
             shutdown(conn.as_mut());
             let _ = conn.await;

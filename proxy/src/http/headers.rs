@@ -113,13 +113,20 @@ pub struct TimeoutHeaders {
 /// what they ask for, if the caller may ask: an edge request from an external address has them
 /// ignored, as Envoy sanitises `x-envoy-*` headers of external requests.
 pub fn timeout_headers(h: &mut HeaderMap, trusted: bool, respect_expected: bool) -> TimeoutHeaders {
-    let mut ms = |name: &str| {
+    static UPSTREAM: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+    static PER_TRY: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+    static EXPECTED: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+    // Most requests have none: one pass over the names instead of three lookups.
+    if !h.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return TimeoutHeaders::default();
+    }
+    let mut ms = |name: &HeaderName| {
         let v = h.remove(name)?;
         v.to_str().ok()?.trim().parse::<u64>().ok()
     };
-    let upstream = ms("x-envoy-upstream-rq-timeout-ms");
-    let per_try = ms("x-envoy-upstream-rq-per-try-timeout-ms");
-    let expected = ms("x-envoy-expected-rq-timeout-ms");
+    let upstream = ms(&UPSTREAM);
+    let per_try = ms(&PER_TRY);
+    let expected = ms(&EXPECTED);
     if !trusted {
         return TimeoutHeaders::default();
     }

@@ -37,6 +37,8 @@ pub enum Flag {
     DelayInjected,
     /// URX: the retries (or connect attempts) ran out.
     RetryLimitExceeded,
+    /// SI: the stream idle timeout fired.
+    StreamIdleTimeout,
 }
 
 impl Flag {
@@ -58,6 +60,7 @@ impl Flag {
             Flag::FaultInjected => "FI",
             Flag::DelayInjected => "DI",
             Flag::RetryLimitExceeded => "URX",
+            Flag::StreamIdleTimeout => "SI",
         }
     }
 
@@ -69,6 +72,7 @@ impl Flag {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
             ),
             Flag::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            Flag::StreamIdleTimeout => (StatusCode::REQUEST_TIMEOUT, "stream timeout"),
             Flag::NoRoute => (StatusCode::NOT_FOUND, ""),
             Flag::NoHealthyUpstream => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
             Flag::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, ""),

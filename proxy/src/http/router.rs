@@ -85,6 +85,15 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
+    /// Adds a response flag (after any already there).
+    pub fn flag(&mut self, f: Flag) {
+        if self.entry.response_flags == "-" {
+            self.entry.response_flags = f.as_str().into();
+        } else {
+            self.entry.response_flags = format!("{},{}", self.entry.response_flags, f.as_str());
+        }
+    }
+
     pub fn finish(&mut self, bytes_sent: u64, aborted: bool) {
         self.entry.bytes_sent = bytes_sent;
         if aborted && self.entry.response_flags == "-" {
@@ -338,7 +347,18 @@ async fn proxy(
     };
     let mut out =
         Outgoing { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers, body };
-    let sent = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash, asked).await;
+    // The stream idle timeout (the route's, else the connection manager's): with nothing left
+    // to send (no request body), waiting for the answer is idleness too.
+    let idle = action.idle_timeout.unwrap_or(cfg.stream_idle_timeout);
+    let no_body = matches!(out.body, BodySource::Empty);
+    let sending = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash, asked);
+    let sent = match idle.filter(|i| no_body && action.timeout.is_none_or(|t| *i < t)) {
+        Some(i) => match tokio::time::timeout(i, sending).await {
+            Ok(s) => s,
+            Err(_) => return Err(Flag::StreamIdleTimeout),
+        },
+        None => sending.await,
+    };
     if let (Some(l), Some(h)) = (log.as_mut(), sent.upstream_host) {
         l.entry.upstream_host = Some(h.to_string());
     }
@@ -356,7 +376,22 @@ async fn proxy(
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
     }
-    let mut done = StreamDone { pool: fw.pool, flight: Some(fw.flight), log: None, bytes_sent: 0, complete: false };
+    // The body relay is watched when the timeout was asked for (the route's, or an explicit
+    // stream_idle_timeout): a timer per response is not worth it for the 5-minute default.
+    let body_idle = match action.idle_timeout {
+        Some(i) => i,
+        None if cfg.stream_idle_explicit => cfg.stream_idle_timeout,
+        None => None,
+    };
+    let mut done = StreamDone {
+        idle: body_idle,
+        idle_timer: None,
+        pool: fw.pool,
+        flight: Some(fw.flight),
+        log: None,
+        bytes_sent: 0,
+        complete: false,
+    };
     if resp.body().is_end_stream() {
         done.complete = true;
     }

@@ -419,6 +419,7 @@ fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError
         mirrors,
         buffer_limit: DEFAULT_BUFFER_LIMIT,
         attempt_count_header: false,
+        idle_timeout: a.idle_timeout.as_ref().map(|_| duration(&a.idle_timeout).filter(|d| !d.is_zero())),
         hash_policy: a
             .hash_policy
             .iter()

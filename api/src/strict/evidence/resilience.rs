@@ -129,6 +129,15 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.cluster.v3.OutlierDetection.consecutive_local_origin_failure", SPLIT),
     ("envoy.config.cluster.v3.OutlierDetection.enforcing_consecutive_local_origin_failure", OUTLIER_COMPILE),
     ("envoy.config.cluster.v3.OutlierDetection.enforcing_local_origin_success_rate", HASH_COMPILE),
+    // Stream idle timeouts.
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.stream_idle_timeout",
+        Effect(E2E, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.idle_timeout",
+        Effect(E2E, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
+    ),
     // Route header operations.
     ("envoy.config.route.v3.Route.request_headers_to_add", HEADER_OPS),
     ("envoy.config.route.v3.Route.request_headers_to_remove", HEADER_OPS),

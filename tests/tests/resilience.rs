@@ -736,3 +736,35 @@ async fn stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body()
     assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("first,"), "{got:?}");
     p.access_log("the stalled body", |l| l["path"] == "/stall" && l["response_flags"] == "SI").await;
 }
+
+#[tokio::test]
+async fn max_stream_duration_and_grpc_timeout_bound_the_whole_exchange() {
+    let (slow, stalling) = (Faulty::start("slow"), Faulty::start("stalling"));
+    slow.set_delay(1_500);
+    stalling.stall_body(3_000);
+    let msd = |m: Value| json!({"max_stream_duration": m});
+    let routes = json!([
+        route_with("/grpc", "slow", msd(json!({"grpc_timeout_header_max": "0s"}))),
+        route_with("/capped", "slow", msd(json!({"grpc_timeout_header_max": "0.2s"}))),
+        route_with("/stall", "stalling", msd(json!({"max_stream_duration": "0.5s"}))),
+        route_with("/", "slow", msd(json!({"max_stream_duration": "0.3s"}))),
+    ]);
+    let p = Proxy::start(&bootstrap_with(
+        routes,
+        vec![cluster("slow", &[slow.addr]), cluster("stalling", &[stalling.addr])],
+    ));
+    // The route's maximum before the answer: 408, flag UMSDR.
+    let r = get_status(&p, "/", &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (408, "upstream max stream duration reached"));
+    p.access_log("the cut request", |l| l["path"] == "/" && l["response_flags"] == "UMSDR").await;
+    // A caller's grpc-timeout, uncapped: 200 ms is too short, 5 s is enough; no header, no limit.
+    assert_eq!(get_status(&p, "/grpc", &[("grpc-timeout", "200m")]).await.status.as_u16(), 408);
+    assert_eq!(get_status(&p, "/grpc", &[("grpc-timeout", "5S")]).await.status.as_u16(), 200);
+    assert_eq!(get_status(&p, "/grpc", &[]).await.status.as_u16(), 200);
+    // Capped at 200 ms: a caller's 5 s do not extend it.
+    assert_eq!(get_status(&p, "/capped", &[("grpc-timeout", "5S")]).await.status.as_u16(), 408);
+    // The body counts too: a body still coming at the end is cut.
+    let got = outrigger_tests::client::raw(p.addr("http"), b"GET /stall HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("first,"), "{got:?}");
+    p.access_log("the cut body", |l| l["path"] == "/stall" && l["response_flags"] == "UMSDR").await;
+}

@@ -183,6 +183,7 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "request_mirror_policies",
             "hash_policy",
             "idle_timeout",
+            "max_stream_duration",
         ],
     ),
     // retry_priority (istiod's previous_priorities for retryRemoteLocalities) is left out: the
@@ -208,6 +209,10 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
         &["cluster", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append"],
     ),
     ("envoy.config.core.v3.RuntimeFractionalPercent", &["default_value"]),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &["max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"],
+    ),
     (
         "envoy.config.route.v3.RouteAction.HashPolicy",
         &["header", "cookie", "connection_properties", "query_parameter", "terminal"],

@@ -295,6 +295,13 @@ pub struct RouteAction {
     /// `idle_timeout`: overrides the connection manager's `stream_idle_timeout` (Some(None):
     /// `0s`, disabled).
     pub idle_timeout: Option<Option<Duration>>,
+    /// `max_stream_duration.max_stream_duration`: the whole exchange, body included.
+    pub max_stream_duration: Option<Duration>,
+    /// `max_stream_duration.grpc_timeout_header_max`: a request's `grpc-timeout` sets the
+    /// maximum stream duration, capped at this (Some(None): `0s`, uncapped).
+    pub grpc_timeout_max: Option<Option<Duration>>,
+    /// `max_stream_duration.grpc_timeout_header_offset`: taken off the `grpc-timeout`.
+    pub grpc_timeout_offset: Duration,
 }
 
 /// One `hash_policy` entry.

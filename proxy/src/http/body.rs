@@ -33,6 +33,9 @@ pub struct StreamDone {
     /// to give, reset by each frame; when it fires the stream ends in error (flag `SI`).
     pub idle: Option<std::time::Duration>,
     pub idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The maximum stream duration's end: the body is cut there (flag `UMSDR`).
+    pub deadline: Option<tokio::time::Instant>,
+    pub deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub pool: Option<PoolReturn>,
     /// Counts the request as active on its endpoint and cluster until the response is done.
     pub flight: Option<InFlight>,
@@ -55,9 +58,9 @@ impl Drop for StreamDone {
     }
 }
 
-/// The stream idle timeout fired while the response body was being relayed.
+/// The stream idle timeout or the maximum stream duration ended the response body.
 #[derive(Debug, thiserror::Error)]
-#[error("stream idle timeout")]
+#[error("stream timeout")]
 pub struct StreamIdle;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -93,6 +96,16 @@ impl Body for ProxyBody {
                             done.take();
                         }
                         Poll::Pending => {
+                            if let Some(at) = d.deadline {
+                                let t = d.deadline_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                                if t.as_mut().poll(cx).is_ready() {
+                                    if let Some(log) = d.log.as_mut() {
+                                        log.flag(super::local_reply::Flag::MaxStreamDuration);
+                                    }
+                                    done.take();
+                                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                                }
+                            }
                             if let Some(idle) = d.idle {
                                 let t = d.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                                 if t.as_mut().poll(cx).is_ready() {

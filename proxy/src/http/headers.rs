@@ -135,6 +135,26 @@ pub fn timeout_headers(h: &mut HeaderMap, trusted: bool, respect_expected: bool)
     TimeoutHeaders { global: global.map(|g| (g > 0).then(|| d(g))), per_try: per_try.filter(|p| *p > 0).map(d) }
 }
 
+/// A gRPC `grpc-timeout` header (`<up to 8 digits><H|M|S|m|u|n>`).
+pub fn grpc_timeout(h: &HeaderMap) -> Option<std::time::Duration> {
+    let v = h.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration as D;
+    Some(match unit {
+        "H" => D::from_secs(n * 3600),
+        "M" => D::from_secs(n * 60),
+        "S" => D::from_secs(n),
+        "m" => D::from_millis(n),
+        "u" => D::from_micros(n),
+        "n" => D::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Envoy's rules: with `use_remote_address`, the peer address is appended to XFF (unless
 /// `skip_xff_append`) and `x-forwarded-proto` is set from the connection; otherwise an existing XFP
 /// is kept and one is only added when absent.
@@ -227,6 +247,25 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+
+    #[test]
+    fn grpc_timeout_parses_every_unit_and_refuses_the_malformed() {
+        let t = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-timeout", HeaderValue::from_static(v));
+            grpc_timeout(&h)
+        };
+        use std::time::Duration as D;
+        assert_eq!(t("1H"), Some(D::from_secs(3600)));
+        assert_eq!(t("2M"), Some(D::from_secs(120)));
+        assert_eq!(t("3S"), Some(D::from_secs(3)));
+        assert_eq!(t("250m"), Some(D::from_millis(250)));
+        assert_eq!(t("7u"), Some(D::from_micros(7)));
+        assert_eq!(t("9n"), Some(D::from_nanos(9)));
+        assert_eq!(t("123456789S"), None);
+        assert_eq!(t("S"), None);
+        assert_eq!(t("10x"), None);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum Flag {
     RetryLimitExceeded,
     /// SI: the stream idle timeout fired.
     StreamIdleTimeout,
+    /// UMSDR: the route's maximum stream duration was reached.
+    MaxStreamDuration,
 }
 
 impl Flag {
@@ -61,6 +63,7 @@ impl Flag {
             Flag::DelayInjected => "DI",
             Flag::RetryLimitExceeded => "URX",
             Flag::StreamIdleTimeout => "SI",
+            Flag::MaxStreamDuration => "UMSDR",
         }
     }
 
@@ -73,6 +76,7 @@ impl Flag {
             ),
             Flag::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
             Flag::StreamIdleTimeout => (StatusCode::REQUEST_TIMEOUT, "stream timeout"),
+            Flag::MaxStreamDuration => (StatusCode::REQUEST_TIMEOUT, "upstream max stream duration reached"),
             Flag::NoRoute => (StatusCode::NOT_FOUND, ""),
             Flag::NoHealthyUpstream => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
             Flag::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, ""),

@@ -351,13 +351,30 @@ async fn proxy(
     // to send (no request body), waiting for the answer is idleness too.
     let idle = action.idle_timeout.unwrap_or(cfg.stream_idle_timeout);
     let no_body = matches!(out.body, BodySource::Empty);
+    // The maximum stream duration: a gRPC caller's grpc-timeout when the route takes it, else
+    // the route's; it covers the body too.
+    let grpc_timeout = action.grpc_timeout_max.and_then(|cap| Some((cap, headers::grpc_timeout(&out.headers)?)));
+    let max_duration = match grpc_timeout {
+        Some((cap, t)) => {
+            let t = t.saturating_sub(action.grpc_timeout_offset);
+            Some(cap.map_or(t, |c| t.min(c)))
+        }
+        None => action.max_stream_duration,
+    };
+    let stream_deadline = max_duration.map(|d| tokio::time::Instant::now() + d);
     let sending = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash, asked);
+    let sending = async {
+        match stream_deadline {
+            Some(at) => tokio::time::timeout_at(at, sending).await.map_err(|_| Flag::MaxStreamDuration),
+            None => Ok(sending.await),
+        }
+    };
     let sent = match idle.filter(|i| no_body && action.timeout.is_none_or(|t| *i < t)) {
         Some(i) => match tokio::time::timeout(i, sending).await {
-            Ok(s) => s,
+            Ok(s) => s?,
             Err(_) => return Err(Flag::StreamIdleTimeout),
         },
-        None => sending.await,
+        None => sending.await?,
     };
     if let (Some(l), Some(h)) = (log.as_mut(), sent.upstream_host) {
         l.entry.upstream_host = Some(h.to_string());
@@ -386,6 +403,8 @@ async fn proxy(
     let mut done = StreamDone {
         idle: body_idle,
         idle_timer: None,
+        deadline: stream_deadline,
+        deadline_timer: None,
         pool: fw.pool,
         flight: Some(fw.flight),
         log: None,

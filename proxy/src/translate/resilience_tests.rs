@@ -231,3 +231,14 @@ fn priorities_localities_and_overprovisioning_compile() {
     let c = json!({"common_lb_config": {"zone_aware_lb_config": {}}});
     assert!(err_of(&with(r, json!({}), c)).contains("zone"));
 }
+
+#[test]
+fn max_stream_duration_compiles_with_its_grpc_timeout_offset() {
+    let r = json!({"match": {"prefix": "/"}, "route": {"cluster": "a", "max_stream_duration": {
+        "max_stream_duration": "0s", "grpc_timeout_header_max": "0s", "grpc_timeout_header_offset": "0.05s"}}});
+    let b = compile(&with(r, json!({}), json!({}))).unwrap();
+    let a = action(&b);
+    // Istio's shape: no maximum of its own, the caller's grpc-timeout uncapped, less the offset.
+    assert_eq!((a.max_stream_duration, a.grpc_timeout_max), (None, Some(None)));
+    assert_eq!(a.grpc_timeout_offset, std::time::Duration::from_millis(50));
+}

@@ -420,6 +420,19 @@ fn route_action(ctx: &Ctx, a: &PbRouteAction) -> Result<RouteAction, ConfigError
         buffer_limit: DEFAULT_BUFFER_LIMIT,
         attempt_count_header: false,
         idle_timeout: a.idle_timeout.as_ref().map(|_| duration(&a.idle_timeout).filter(|d| !d.is_zero())),
+        max_stream_duration: a
+            .max_stream_duration
+            .as_ref()
+            .and_then(|m| duration(&m.max_stream_duration))
+            .filter(|d| !d.is_zero()),
+        grpc_timeout_max: a.max_stream_duration.as_ref().and_then(|m| {
+            m.grpc_timeout_header_max.as_ref().map(|_| duration(&m.grpc_timeout_header_max).filter(|d| !d.is_zero()))
+        }),
+        grpc_timeout_offset: a
+            .max_stream_duration
+            .as_ref()
+            .and_then(|m| duration(&m.grpc_timeout_header_offset))
+            .unwrap_or_default(),
         hash_policy: a
             .hash_policy
             .iter()

@@ -26,6 +26,7 @@ const HASH: Evidence = Effect(E2E, "hash_policy_keeps_a_key_on_one_endpoint_and_
 const HASH_COMPILE: Evidence = Effect(TRANSLATE, "hash_balancers_compile_their_table_sizes_and_refuse_bad_ones");
 const RETIRE: Evidence = Effect(E2E, "upstream_connections_are_retired_after_max_requests_or_max_duration");
 const KEEPALIVE: Evidence = Effect(E2E, "upstream_tcp_keepalive_is_set_on_upstream_sockets");
+const MSD: Evidence = Effect(E2E, "max_stream_duration_and_grpc_timeout_bound_the_whole_exchange");
 const HC: Evidence = Effect(E2E, "active_health_checks_take_failing_endpoints_out_and_bring_them_back");
 const HC_COMPILE: Evidence =
     Effect(TRANSLATE, "health_checks_compile_with_envoys_default_status_and_refuse_what_is_missing");
@@ -137,6 +138,13 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
     (
         "envoy.config.route.v3.RouteAction.idle_timeout",
         Effect(E2E, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
+    ),
+    ("envoy.config.route.v3.RouteAction.max_stream_duration", MSD),
+    ("envoy.config.route.v3.RouteAction.MaxStreamDuration.max_stream_duration", MSD),
+    ("envoy.config.route.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_max", MSD),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration.grpc_timeout_header_offset",
+        Effect(TRANSLATE, "max_stream_duration_compiles_with_its_grpc_timeout_offset"),
     ),
     // Route header operations.
     ("envoy.config.route.v3.Route.request_headers_to_add", HEADER_OPS),

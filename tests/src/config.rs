@@ -103,3 +103,17 @@ pub fn simple(app: &[SocketAddr]) -> Value {
 pub fn first_filter(cfg: &mut Value, i: usize) -> &mut Value {
     &mut cfg["static_resources"]["listeners"][i]["filter_chains"][0]["filters"][0]["typed_config"]
 }
+
+/// A bootstrap with listener `http` (one virtual host `*` with these routes) and these clusters.
+pub fn bootstrap_with(routes: Value, clusters: Vec<Value>) -> Value {
+    bootstrap(vec![http_listener("http", json!([vhost("all", &["*"], routes)]))], clusters)
+}
+
+/// `route(prefix, cluster)` with these fields added to its route action.
+pub fn route_with(prefix: &str, cluster: &str, action: Value) -> Value {
+    let mut r = route(prefix, cluster);
+    for (k, v) in action.as_object().into_iter().flatten() {
+        r["route"][k] = v.clone();
+    }
+    r
+}

@@ -291,6 +291,30 @@ impl Proxy {
         r
     }
 
+    /// GET `path` (host `x`) on listener `http`, on a new connection.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> crate::Resp {
+        crate::client::get_h1(self.addr("http"), "x", path, headers).await
+    }
+
+    /// The response flags of every access-log entry for `path`, in order.
+    pub fn response_flags_for(&self, path: &str) -> Vec<String> {
+        self.access_logs()
+            .iter()
+            .filter(|l| l["path"] == path)
+            .map(|l| l["response_flags"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// An endpoint's `/clusters` health flags (`healthy`, `/failed_outlier_check`, ...), or
+    /// `absent`.
+    pub fn health_flags(&self, cluster: &str, addr: SocketAddr) -> String {
+        let (_, body) = self.admin_get("/clusters");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{cluster}::{addr}::health_flags::")))
+            .unwrap_or("absent")
+            .to_string()
+    }
+
     /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM, ...).
     pub fn proc_status_kib(&self, field: &str) -> u64 {
         read_status_kib(self.pid(), field).unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))

@@ -15,30 +15,6 @@ use serde_json::{json, Value};
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const PREVIOUS_HOSTS: &str = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
 
-fn bootstrap_with(routes: Value, clusters: Vec<Value>) -> Value {
-    bootstrap(vec![http_listener("http", json!([vhost("all", &["*"], routes)]))], clusters)
-}
-
-fn route_with(prefix: &str, cluster: &str, action: Value) -> Value {
-    let mut r = route(prefix, cluster);
-    for (k, v) in action.as_object().unwrap() {
-        r["route"][k] = v.clone();
-    }
-    r
-}
-
-fn flags_of(p: &Proxy, path: &str) -> Vec<String> {
-    p.access_logs()
-        .iter()
-        .filter(|l| l["path"] == path)
-        .map(|l| l["response_flags"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-async fn get_status(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> outrigger_tests::Resp {
-    outrigger_tests::client::get_h1(p.addr("http"), "x", path, headers).await
-}
-
 #[tokio::test]
 async fn fault_filter_aborts_and_delays_by_route_override_and_headers() {
     let app = Faulty::start("app");
@@ -71,19 +47,19 @@ async fn fault_filter_aborts_and_delays_by_route_override_and_headers() {
     );
     let p = Proxy::start(&cfg);
 
-    let r = get_status(&p, "/abort", &[]).await;
+    let r = p.get("/abort", &[]).await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (418, "teapot"));
-    let r = get_status(&p, "/grpc", &[]).await;
+    let r = p.get("/grpc", &[]).await;
     assert_eq!((r.status.as_u16(), r.header("grpc-status")), (200, Some("14")));
     assert_eq!(app.requests(), 0, "aborted requests never reach the upstream");
 
-    let r = get_status(&p, "/delay", &[]).await;
+    let r = p.get("/delay", &[]).await;
     assert_eq!((r.status.as_u16(), r.header("x-backend")), (200, Some("app")));
-    let r = get_status(&p, "/other", &[("x-envoy-fault-abort-request", "503")]).await;
+    let r = p.get("/other", &[("x-envoy-fault-abort-request", "503")]).await;
     assert_eq!(r.status.as_u16(), 503);
-    let r = get_status(&p, "/other", &[("x-envoy-fault-delay-request", "10")]).await;
+    let r = p.get("/other", &[("x-envoy-fault-delay-request", "10")]).await;
     assert_eq!(r.status.as_u16(), 200);
-    let r = get_status(&p, "/other", &[]).await;
+    let r = p.get("/other", &[]).await;
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(app.requests(), 3);
 
@@ -92,7 +68,7 @@ async fn fault_filter_aborts_and_delays_by_route_override_and_headers() {
     let first = tokio::spawn(async move { outrigger_tests::client::get_h1(addr, "x", "/held", &[]).await });
     let active = "envoy_http_fault_active_faults{envoy_http_conn_manager_prefix=\"http\"}";
     eventually("the first fault to be active", WAIT, || (p.metric(active) == 1.0).then_some(())).await;
-    let r = get_status(&p, "/held", &[]).await;
+    let r = p.get("/held", &[]).await;
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(first.await.unwrap().status, 200);
 
@@ -101,10 +77,10 @@ async fn fault_filter_aborts_and_delays_by_route_override_and_headers() {
     assert_eq!(p.metric(&format!("envoy_http_fault_delays_injected_total{prefix}")), 3.0);
     assert_eq!(p.metric(&format!("envoy_http_fault_faults_overflow_total{prefix}")), 1.0);
     p.access_log("the held request", |l| l["path"] == "/held" && l["response_flags"] == "DI").await;
-    assert_eq!(flags_of(&p, "/abort"), ["FI"]);
-    assert_eq!(flags_of(&p, "/grpc"), ["FI"]);
-    assert_eq!(flags_of(&p, "/delay"), ["DI"]);
-    assert_eq!(flags_of(&p, "/held").iter().filter(|f| *f == "-").count(), 1);
+    assert_eq!(p.response_flags_for("/abort"), ["FI"]);
+    assert_eq!(p.response_flags_for("/grpc"), ["FI"]);
+    assert_eq!(p.response_flags_for("/delay"), ["DI"]);
+    assert_eq!(p.response_flags_for("/held").iter().filter(|f| *f == "-").count(), 1);
 }
 
 fn retry(on: &str, n: u32) -> Value {
@@ -168,13 +144,13 @@ async fn retries_run_out_with_urx_and_the_retry_breaker_stops_them() {
         vec![cluster("app", &[a.addr]), tight],
     );
     let p = Proxy::start(&cfg);
-    let r = get_status(&p, "/", &[]).await;
+    let r = p.get("/", &[]).await;
     assert_eq!(r.status.as_u16(), 502, "the last upstream answer is passed on");
     assert_eq!(a.requests(), 3);
     p.access_log("the exhausted request", |l| l["path"] == "/" && l["response_flags"] == "URX").await;
     assert_eq!(p.metric("envoy_cluster_upstream_rq_retry_limit_exceeded_total{envoy_cluster_name=\"app\"}"), 1.0);
 
-    let r = get_status(&p, "/tight", &[]).await;
+    let r = p.get("/tight", &[]).await;
     assert_eq!(r.status.as_u16(), 502);
     assert_eq!(b.requests(), 1, "max_retries 0: no retry");
     assert_eq!(p.metric("envoy_cluster_upstream_rq_retry_overflow_total{envoy_cluster_name=\"tight\"}"), 1.0);
@@ -192,10 +168,10 @@ async fn retriable_headers_retry_a_response_that_carries_them() {
     ));
     // A 200 that carries the header is retried; the retry's clean 200 is the answer.
     app.fail_next(1, 200);
-    let r = get_status(&p, "/", &[]).await;
+    let r = p.get("/", &[]).await;
     assert_eq!((r.status.as_u16(), r.header("x-faulty")), (200, None));
     assert_eq!(app.requests(), 2);
-    let r = get_status(&p, "/", &[]).await;
+    let r = p.get("/", &[]).await;
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(app.requests(), 3, "a response without the header is not retried");
 }
@@ -212,7 +188,7 @@ async fn per_try_timeout_moves_a_slow_attempt_to_another_endpoint() {
     );
     let p = Proxy::start(&cfg);
     for _ in 0..4 {
-        let r = get_status(&p, "/", &[]).await;
+        let r = p.get("/", &[]).await;
         assert_eq!((r.status.as_u16(), r.header("x-backend")), (200, Some("fast")));
     }
     // Round robin: each request's first pick is the slow one, its retry the next one.
@@ -268,7 +244,7 @@ async fn circuit_breaker_overflow_returns_503_with_uo_flag() {
         eventually("the first request in flight", WAIT, || (p.metric(&active) == 1.0).then_some(())).await;
         let open = format!("envoy_cluster_circuit_breakers_default_{overflow}{{envoy_cluster_name=\"{cluster}\"}}");
         assert_eq!(p.metric(&open), 1.0);
-        let r = get_status(&p, path, &[]).await;
+        let r = p.get(path, &[]).await;
         assert_eq!((r.status.as_u16(), r.header("x-envoy-overloaded")), (503, Some("true")), "{path}");
         assert_eq!(first.await.unwrap().status, 200);
         let c = format!("{{envoy_cluster_name=\"{cluster}\"}}");
@@ -276,17 +252,9 @@ async fn circuit_breaker_overflow_returns_503_with_uo_flag() {
     }
     assert_eq!(p.metric("envoy_cluster_upstream_cx_overflow_total{envoy_cluster_name=\"cx\"}"), 1.0);
     assert_eq!(p.metric("envoy_cluster_circuit_breakers_default_remaining_rq{envoy_cluster_name=\"rq\"}"), 1.0);
-    assert_eq!(flags_of(&p, "/rq").iter().filter(|f| *f == "UO").count(), 1);
-    assert_eq!(flags_of(&p, "/cx").iter().filter(|f| *f == "UO").count(), 1);
+    assert_eq!(p.response_flags_for("/rq").iter().filter(|f| *f == "UO").count(), 1);
+    assert_eq!(p.response_flags_for("/cx").iter().filter(|f| *f == "UO").count(), 1);
     assert_eq!(app.requests(), 2, "overflowed requests never reach the upstream");
-}
-
-fn cluster_flags(p: &Proxy, cluster: &str, addr: std::net::SocketAddr) -> String {
-    let (_, body) = p.admin_get("/clusters");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{cluster}::{addr}::health_flags::")))
-        .unwrap_or("absent")
-        .to_string()
 }
 
 #[tokio::test]
@@ -302,12 +270,12 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_returns_it() {
         conn.send(get("x", "/", &[])).await;
     }
     assert_eq!(bad.requests(), 3);
-    assert_eq!(cluster_flags(&p, "app", bad.addr), "/failed_outlier_check");
+    assert_eq!(p.health_flags("app", bad.addr), "/failed_outlier_check");
     assert_eq!(p.metric("envoy_cluster_outlier_detection_ejections_enforced_total{envoy_cluster_name=\"app\"}"), 1.0);
     assert_eq!(p.metric("envoy_cluster_outlier_detection_ejections_active{envoy_cluster_name=\"app\"}"), 1.0);
     // While ejected it gets nothing (the ejection lasts at least 0.5 s: ask /clusters first).
     for _ in 0..6 {
-        if cluster_flags(&p, "app", bad.addr) != "/failed_outlier_check" {
+        if p.health_flags("app", bad.addr) != "/failed_outlier_check" {
             break;
         }
         let r = conn.send(get("x", "/", &[])).await;
@@ -316,8 +284,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_returns_it() {
     assert_eq!(bad.requests(), 3);
     // Healed, it comes back when its time is up.
     bad.heal();
-    eventually("the endpoint to return", WAIT, || (cluster_flags(&p, "app", bad.addr) == "healthy").then_some(()))
-        .await;
+    eventually("the endpoint to return", WAIT, || (p.health_flags("app", bad.addr) == "healthy").then_some(())).await;
     for _ in 0..6 {
         assert_eq!(conn.send(get("x", "/", &[])).await.status, 200);
     }
@@ -422,10 +389,10 @@ async fn downstream_protocol_errors_are_not_retried_nor_eject_an_endpoint() {
         assert_eq!(outrigger_tests::client::raw_status(&resp), Some(400), "{resp}");
     }
     assert!(app.requests() <= 3, "a client's error is not retried");
-    assert_eq!(cluster_flags(&p, "app", app.addr), "healthy");
+    assert_eq!(p.health_flags("app", app.addr), "healthy");
     assert_eq!(p.metric("envoy_cluster_outlier_detection_ejections_enforced_total{envoy_cluster_name=\"app\"}"), 0.0);
     assert_eq!(p.metric("envoy_cluster_upstream_rq_retry_total{envoy_cluster_name=\"app\"}"), 0.0);
-    assert_eq!(get_status(&p, "/", &[]).await.status, 200);
+    assert_eq!(p.get("/", &[]).await.status, 200);
 }
 
 #[tokio::test]
@@ -444,7 +411,7 @@ async fn route_header_operations_set_add_and_remove_request_and_response_headers
     r["response_headers_to_add"] = json!([hv("x-resp", "added", "OVERWRITE_IF_EXISTS_OR_ADD")]);
     r["response_headers_to_remove"] = json!(["x-backend"]);
     let p = Proxy::start(&bootstrap_with(json!([r]), vec![cluster("app", &[app.addr])]));
-    let resp = get_status(&p, "/", &[("x-set", "old"), ("x-add", "one"), ("x-absent", "kept"), ("x-drop", "1")]).await;
+    let resp = p.get("/", &[("x-set", "old"), ("x-add", "one"), ("x-absent", "kept"), ("x-drop", "1")]).await;
     assert_eq!((resp.header("x-resp"), resp.header("x-backend")), (Some("added"), None));
     let got = &app.received()[0].headers;
     let all = |n: &str| got.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
@@ -454,317 +421,4 @@ async fn route_header_operations_set_add_and_remove_request_and_response_headers
     assert!(all("x-overwrite-only").is_empty(), "not present, so not added");
     assert_eq!(all("x-pct"), ["100%"]);
     assert!(all("x-drop").is_empty());
-}
-
-/// Which endpoint answered each of the keys, over a fresh connection per request.
-async fn owners(p: &Proxy, path: &str, keys: &[String], header: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for k in keys {
-        let r = get_status(p, path, &[(header, k.as_str())]).await;
-        assert_eq!(r.status.as_u16(), 200);
-        out.push(r.header("x-backend").unwrap().to_string());
-    }
-    out
-}
-
-#[tokio::test]
-async fn hash_policy_keeps_a_key_on_one_endpoint_and_sets_the_cookie() {
-    let eps: Vec<Faulty> = (0..4).map(|i| Faulty::start(&format!("e{i}"))).collect();
-    let addrs: Vec<_> = eps.iter().map(|e| e.addr).collect();
-    let mut ring = cluster("ring", &addrs);
-    ring["lb_policy"] = json!("RING_HASH");
-    ring["ring_hash_lb_config"] = json!({"minimum_ring_size": 512});
-    let mut maglev = cluster("maglev", &addrs);
-    maglev["lb_policy"] = json!("MAGLEV");
-    maglev["maglev_lb_config"] = json!({"table_size": 1031});
-    let by_header = json!({"hash_policy": [{"header": {"header_name": "x-user"}}]});
-    let by_cookie = json!({"hash_policy": [{"cookie": {"name": "sticky", "ttl": "60s", "path": "/"}}]});
-    let by_query = json!({"hash_policy": [{"query_parameter": {"name": "u"}, "terminal": true}, {"connection_properties": {"source_ip": true}}]});
-    let p = Proxy::start(&bootstrap_with(
-        json!([
-            route_with("/ring", "ring", by_header.clone()),
-            route_with("/maglev", "maglev", by_header),
-            route_with("/cookie", "ring", by_cookie),
-            route_with("/query", "maglev", by_query),
-        ]),
-        vec![ring, maglev],
-    ));
-    let keys: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
-    for path in ["/ring", "/maglev"] {
-        let first = owners(&p, path, &keys, "x-user").await;
-        let again = owners(&p, path, &keys, "x-user").await;
-        assert_eq!(first, again, "{path}: a key stays on its endpoint");
-        let distinct: std::collections::HashSet<_> = first.iter().collect();
-        // 24 keys over 4 endpoints all landing on one or two: below one in a million.
-        assert!(distinct.len() >= 3, "{path}: keys spread: {first:?}");
-    }
-    // The cookie: made up and set when absent; the same cookie keeps the endpoint.
-    let r = get_status(&p, "/cookie", &[]).await;
-    let set = r.header("set-cookie").expect("a cookie is set").to_string();
-    assert!(set.starts_with("sticky=\"") && set.contains("Max-Age=60") && set.contains("Path=/"), "{set}");
-    let value = set.split('"').nth(1).unwrap().to_string();
-    let cookie = format!("sticky=\"{value}\"");
-    let owner = r.header("x-backend").unwrap().to_string();
-    for _ in 0..8 {
-        let r = get_status(&p, "/cookie", &[("cookie", cookie.as_str())]).await;
-        assert_eq!(r.header("x-backend"), Some(owner.as_str()));
-        assert!(r.header("set-cookie").is_none());
-    }
-    // A query parameter, terminal before the source address.
-    let mut seen = std::collections::HashSet::new();
-    for u in 0..12 {
-        let path = format!("/query?u={u}");
-        let a = get_status(&p, &path, &[]).await.header("x-backend").unwrap().to_string();
-        let b = get_status(&p, &path, &[]).await.header("x-backend").unwrap().to_string();
-        assert_eq!(a, b);
-        seen.insert(a);
-    }
-    assert!(seen.len() >= 2, "the parameter, not the (single) source address, decides: {seen:?}");
-}
-
-#[tokio::test]
-async fn upstream_connections_are_retired_after_max_requests_or_max_duration() {
-    let (a, b) = (Faulty::start("a"), Faulty::start("b"));
-    let opts = |common: Value| {
-        json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": HTTP_OPTIONS_TYPE,
-            "explicit_http_config": {"http_protocol_options": {}}, "common_http_protocol_options": common}})
-    };
-    let mut by_count = cluster("count", &[a.addr]);
-    by_count["typed_extension_protocol_options"] = opts(json!({"max_requests_per_connection": 2}));
-    let mut by_age = cluster("age", &[b.addr]);
-    by_age["typed_extension_protocol_options"] = opts(json!({"max_connection_duration": "0.2s"}));
-    let p =
-        Proxy::start(&bootstrap_with(json!([route("/count", "count"), route("/age", "age")]), vec![by_count, by_age]));
-    let mut conn = H1Conn::open(p.addr("http")).await;
-    for _ in 0..6 {
-        assert_eq!(conn.send(get("x", "/count", &[])).await.status, 200);
-    }
-    assert_eq!(a.connections(), 3, "two requests per upstream connection");
-    for _ in 0..3 {
-        assert_eq!(conn.send(get("x", "/age", &[])).await.status, 200);
-        assert_eq!(conn.send(get("x", "/age", &[])).await.status, 200);
-        // Past the duration the connection is not used again.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert_eq!(b.connections(), 3, "each connection serves until its duration is up");
-}
-
-#[tokio::test]
-async fn upstream_tcp_keepalive_is_set_on_upstream_sockets() {
-    let app = Faulty::start("app");
-    let mut c = cluster("app", &[app.addr]);
-    c["upstream_connection_options"] =
-        json!({"tcp_keepalive": {"keepalive_time": 77, "keepalive_interval": 11, "keepalive_probes": 3}});
-    let p = Proxy::start(&bootstrap_with(json!([route("/", "app")]), vec![c]));
-    assert_eq!(get_status(&p, "/", &[]).await.status, 200);
-    // The pooled connection's socket, as the kernel reports it: a keepalive timer near 77 s.
-    let out = std::process::Command::new("ss")
-        .args(["-tnoH", "state", "established", "dst", &app.addr.to_string()])
-        .output()
-        .expect("ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("timer:(keepalive,1m1") || text.contains("timer:(keepalive,1m"), "{text}");
-}
-
-#[tokio::test]
-async fn active_health_checks_take_failing_endpoints_out_and_bring_them_back() {
-    let (a, b) = (Faulty::start("a"), Faulty::start("b"));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let check = |kind: Value| {
-        let mut hc = json!({"timeout": "1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
-            "unhealthy_threshold": 2, "healthy_threshold": 2});
-        for (k, v) in kind.as_object().unwrap() {
-            hc[k] = v.clone();
-        }
-        json!([hc])
-    };
-    let mut http = cluster("http", &[a.addr, b.addr]);
-    http["health_checks"] = check(json!({"http_health_check": {"path": "/healthz", "host": "hc.local",
-        "expected_statuses": [{"start": 200, "end": 300}]}}));
-    let mut tcp = cluster("tcp", &[closed, b.addr]);
-    tcp["health_checks"] = check(json!({"tcp_health_check": {}}));
-    let p = Proxy::start(&bootstrap_with(json!([route("/http", "http"), route("/tcp", "tcp")]), vec![http, tcp]));
-    let flags = |c: &str, addr| cluster_flags(&p, c, addr);
-    // New endpoints wait for their first check; a passing one brings them in.
-    eventually("a's first check", WAIT, || (flags("http", a.addr) == "healthy").then_some(())).await;
-    eventually("the closed port to fail", WAIT, || (flags("tcp", closed) == "/failed_active_hc").then_some(())).await;
-    // Failing checks (two in a row) take a healthy endpoint out.
-    a.fail_next(usize::MAX, 503);
-    eventually("a to fail its checks", WAIT, || (flags("http", a.addr) == "/failed_active_hc").then_some(())).await;
-    assert_eq!(flags("http", b.addr), "healthy");
-    assert_eq!(flags("tcp", b.addr), "healthy");
-    let probe = a.received().into_iter().find(|r| r.path == "/healthz").expect("a was probed");
-    assert_eq!(
-        (probe.host.as_str(), probe.headers.get("user-agent").map(|v| v.to_str().unwrap())),
-        ("hc.local", Some("Envoy/HC"))
-    );
-    let before = a.received().iter().filter(|r| r.path != "/healthz").count();
-    for path in ["/http", "/tcp"] {
-        for _ in 0..6 {
-            let r = get_status(&p, path, &[]).await;
-            assert_eq!((r.status.as_u16(), r.header("x-backend")), (200, Some("b")), "{path}");
-        }
-    }
-    assert_eq!(
-        a.received().iter().filter(|r| r.path != "/healthz").count(),
-        before,
-        "no traffic to a failing endpoint"
-    );
-    a.heal();
-    eventually("a to pass its checks again", WAIT, || (flags("http", a.addr) == "healthy").then_some(())).await;
-    let mut backends = std::collections::HashSet::new();
-    for _ in 0..4 {
-        backends.insert(get_status(&p, "/http", &[]).await.header("x-backend").unwrap().to_string());
-    }
-    assert_eq!(backends.len(), 2, "{backends:?}");
-    let (_, stats) = p.admin_get("/stats/prometheus");
-    let failures = p.metric("envoy_cluster_health_check_failure_total{envoy_cluster_name=\"http\"}");
-    assert!(failures >= 2.0, "{}", stats.lines().filter(|l| l.contains("health_check")).collect::<Vec<_>>().join("\n"));
-}
-
-#[tokio::test]
-async fn downstream_connections_drain_after_max_requests_or_max_duration() {
-    let app = Faulty::start("app");
-    let routes = json!([vhost("all", &["*"], json!([route("/", "app")]))]);
-    let mut by_count = http_listener("count", routes.clone());
-    by_count["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
-        json!({"max_requests_per_connection": 2});
-    let mut by_age = http_listener("age", routes);
-    by_age["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"] =
-        json!({"max_connection_duration": "0.3s"});
-    let p = Proxy::start(&bootstrap(vec![by_count, by_age], vec![cluster("app", &[app.addr])]));
-    let mut conn = H1Conn::open(p.addr("count")).await;
-    let first = conn.send(get("x", "/", &[])).await;
-    assert_eq!((first.status.as_u16(), first.header("connection")), (200, None));
-    let second = conn.send(get("x", "/", &[])).await;
-    assert_eq!((second.status.as_u16(), second.header("connection")), (200, Some("close")));
-    eventually("the connection to close after its second request", WAIT, || conn.is_closed().then_some(())).await;
-    let mut aged = H1Conn::open(p.addr("age")).await;
-    assert_eq!(aged.send(get("x", "/", &[])).await.status.as_u16(), 200);
-    eventually("the connection to close at its maximum duration", WAIT, || aged.is_closed().then_some(())).await;
-}
-
-#[tokio::test]
-async fn priority_failover_sends_traffic_to_the_next_priority_when_the_first_is_down() {
-    let (backup, local) = (Faulty::start("backup"), Faulty::start("local"));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let ep = |a: std::net::SocketAddr| json!({"endpoint": {"address": socket(&a.ip().to_string(), a.port())}});
-    let mut c = cluster("app", &[]);
-    c["load_assignment"]["endpoints"] = json!([
-        {"priority": 0, "locality": {"zone": "z1"}, "lb_endpoints": [ep(closed), ep(local.addr)]},
-        {"priority": 1, "locality": {"zone": "z2"}, "lb_endpoints": [ep(backup.addr)]},
-    ]);
-    c["health_checks"] = json!([{"timeout": "1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
-        "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}]);
-    c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": 0.0}});
-    let p = Proxy::start(&bootstrap_with(json!([route("/", "app")]), vec![c]));
-    eventually("the closed endpoint to fail its check", WAIT, || {
-        (cluster_flags(&p, "app", closed) == "/failed_active_hc" && cluster_flags(&p, "app", local.addr) == "healthy")
-            .then_some(())
-    })
-    .await;
-    // Priority 0 at half health: 1.4 × 50 % = 70 % of the load stays there, 30 % goes to 1.
-    let mut seen = std::collections::HashMap::new();
-    for _ in 0..200 {
-        let r = get_status(&p, "/", &[]).await;
-        *seen.entry(r.header("x-backend").unwrap().to_string()).or_insert(0) += 1;
-    }
-    let to_backup = seen.get("backup").copied().unwrap_or(0);
-    // 200 draws at 30 %: standard deviation 6.5; 25..95 is more than five of them either way.
-    assert!((25..95).contains(&to_backup), "{seen:?}");
-    assert_eq!(seen.values().sum::<usize>(), 200);
-}
-
-#[tokio::test]
-async fn timeout_headers_from_trusted_callers_set_the_timeout_and_never_reach_the_upstream() {
-    let app = Faulty::start("app");
-    app.set_delay(1_000);
-    let routes = json!([vhost("all", &["*"], json!([route("/", "app")]))]);
-    let mut edge = http_listener("edge", routes.clone());
-    let hcm = &mut edge["filter_chains"][0]["filters"][0]["typed_config"];
-    hcm["use_remote_address"] = json!(true);
-    hcm["xff_num_trusted_hops"] = json!(1);
-    let mut expected = http_listener("expected", routes);
-    expected["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
-        ["respect_expected_rq_timeout"] = json!(true);
-    let p = Proxy::start(&bootstrap(vec![edge, expected], vec![cluster("app", &[app.addr])]));
-    let send = |listener: &str, headers: Vec<(&'static str, &'static str)>| {
-        let addr = p.addr(listener);
-        async move { outrigger_tests::client::get_h1(addr, "x", "/", &headers).await.status.as_u16() }
-    };
-    // An internal caller (the trusted hop saw 10.0.0.7): its 200 ms replace the route's 15 s.
-    let internal = vec![("x-forwarded-for", "10.0.0.7"), ("x-envoy-upstream-rq-timeout-ms", "200")];
-    assert_eq!(send("edge", internal).await, 504);
-    // An external one (203.0.113.9) at the edge: ignored.
-    let external = vec![("x-forwarded-for", "203.0.113.9"), ("x-envoy-upstream-rq-timeout-ms", "200")];
-    assert_eq!(send("edge", external).await, 200);
-    // The per-try header bounds the single attempt too.
-    assert_eq!(
-        send("edge", vec![("x-forwarded-for", "10.0.0.7"), ("x-envoy-upstream-rq-per-try-timeout-ms", "200")]).await,
-        504
-    );
-    // With respect_expected_rq_timeout the expected timeout is the one that counts.
-    let both = vec![("x-envoy-expected-rq-timeout-ms", "200"), ("x-envoy-upstream-rq-timeout-ms", "5000")];
-    assert_eq!(send("expected", both).await, 504);
-    assert!(app.received().iter().all(|r| !r
-        .headers
-        .keys()
-        .any(|k| k.as_str().starts_with("x-envoy-upstream-rq") || k.as_str() == "x-envoy-expected-rq-timeout-ms")));
-}
-
-#[tokio::test]
-async fn stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body() {
-    let (slow, stalling) = (Faulty::start("slow"), Faulty::start("stalling"));
-    slow.set_delay(1_500);
-    stalling.stall_body(3_000);
-    let mut patient = route("/patient", "slow");
-    patient["route"]["idle_timeout"] = json!("0s");
-    let routes = json!([vhost("all", &["*"], json!([patient, route("/stall", "stalling"), route("/", "slow")]))]);
-    let mut l = http_listener("http", routes);
-    l["filter_chains"][0]["filters"][0]["typed_config"]["stream_idle_timeout"] = json!("0.3s");
-    let p =
-        Proxy::start(&bootstrap(vec![l], vec![cluster("slow", &[slow.addr]), cluster("stalling", &[stalling.addr])]));
-    // Nothing happens on the stream for 0.3 s while the upstream thinks: 408, flag SI.
-    let r = get_status(&p, "/", &[]).await;
-    assert_eq!((r.status.as_u16(), r.text().as_str()), (408, "stream timeout"));
-    p.access_log("the idle request", |l| l["path"] == "/" && l["response_flags"] == "SI").await;
-    // The route's idle_timeout 0s turns it off.
-    assert_eq!(get_status(&p, "/patient", &[]).await.status.as_u16(), 200);
-    // A body that stalls longer than the timeout is cut: the client gets its head and the first
-    // part only.
-    let got = outrigger_tests::client::raw(p.addr("http"), b"GET /stall HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("first,"), "{got:?}");
-    p.access_log("the stalled body", |l| l["path"] == "/stall" && l["response_flags"] == "SI").await;
-}
-
-#[tokio::test]
-async fn max_stream_duration_and_grpc_timeout_bound_the_whole_exchange() {
-    let (slow, stalling) = (Faulty::start("slow"), Faulty::start("stalling"));
-    slow.set_delay(1_500);
-    stalling.stall_body(3_000);
-    let msd = |m: Value| json!({"max_stream_duration": m});
-    let routes = json!([
-        route_with("/grpc", "slow", msd(json!({"grpc_timeout_header_max": "0s"}))),
-        route_with("/capped", "slow", msd(json!({"grpc_timeout_header_max": "0.2s"}))),
-        route_with("/stall", "stalling", msd(json!({"max_stream_duration": "0.5s"}))),
-        route_with("/", "slow", msd(json!({"max_stream_duration": "0.3s"}))),
-    ]);
-    let p = Proxy::start(&bootstrap_with(
-        routes,
-        vec![cluster("slow", &[slow.addr]), cluster("stalling", &[stalling.addr])],
-    ));
-    // The route's maximum before the answer: 408, flag UMSDR.
-    let r = get_status(&p, "/", &[]).await;
-    assert_eq!((r.status.as_u16(), r.text().as_str()), (408, "upstream max stream duration reached"));
-    p.access_log("the cut request", |l| l["path"] == "/" && l["response_flags"] == "UMSDR").await;
-    // A caller's grpc-timeout, uncapped: 200 ms is too short, 5 s is enough; no header, no limit.
-    assert_eq!(get_status(&p, "/grpc", &[("grpc-timeout", "200m")]).await.status.as_u16(), 408);
-    assert_eq!(get_status(&p, "/grpc", &[("grpc-timeout", "5S")]).await.status.as_u16(), 200);
-    assert_eq!(get_status(&p, "/grpc", &[]).await.status.as_u16(), 200);
-    // Capped at 200 ms: a caller's 5 s do not extend it.
-    assert_eq!(get_status(&p, "/capped", &[("grpc-timeout", "5S")]).await.status.as_u16(), 408);
-    // The body counts too: a body still coming at the end is cut.
-    let got = outrigger_tests::client::raw(p.addr("http"), b"GET /stall HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("first,"), "{got:?}");
-    p.access_log("the cut body", |l| l["path"] == "/stall" && l["response_flags"] == "UMSDR").await;
 }

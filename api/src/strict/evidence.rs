@@ -263,7 +263,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ),
     (
         "envoy.extensions.filters.http.router.v3.Router.respect_expected_rq_timeout",
-        Effect("tests/tests/resilience.rs", "timeout_headers_from_trusted_callers_set_the_timeout_and_never_reach_the_upstream"),
+        Effect("tests/tests/timeouts.rs", "timeout_headers_from_trusted_callers_set_the_timeout_and_never_reach_the_upstream"),
     ),
     ("envoy.config.accesslog.v3.AccessLog.name", Informational("a label; the logger is selected by typed_config")),
     ("envoy.config.accesslog.v3.AccessLog.typed_config", Effect(ROUTING, "no_route_returns_404_with_nr_flag")),
@@ -410,7 +410,7 @@ const EVIDENCE: &[(&str, Evidence)] = &[
     ("envoy.config.endpoint.v3.LocalityLbEndpoints.locality", Effect("proxy/src/upstream/priority.rs", "localities_get_traffic_by_weight_and_health")),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints.priority",
-        Effect("tests/tests/resilience.rs", "priority_failover_sends_traffic_to_the_next_priority_when_the_first_is_down"),
+        Effect("tests/tests/balancing.rs", "priority_failover_sends_traffic_to_the_next_priority_when_the_first_is_down"),
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints.load_balancing_weight",

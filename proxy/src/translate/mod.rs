@@ -5,6 +5,7 @@ mod listener;
 mod load;
 pub mod resource;
 mod route;
+mod route_policy;
 
 use std::path::Path;
 

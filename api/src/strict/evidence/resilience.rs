@@ -3,6 +3,8 @@
 use super::Evidence::{self, Effect, Informational};
 
 const E2E: &str = "tests/tests/resilience.rs";
+const TIMEOUTS: &str = "tests/tests/timeouts.rs";
+const BALANCING: &str = "tests/tests/balancing.rs";
 const TRANSLATE: &str = "proxy/src/translate/resilience_tests.rs";
 const OUTLIER: &str = "proxy/src/upstream/outlier.rs";
 
@@ -22,12 +24,12 @@ const GATEWAY: Evidence = Effect(OUTLIER, "gateway_failures_eject_only_when_enfo
 const SPLIT: Evidence = Effect(OUTLIER, "split_local_origin_failures_count_apart_from_5xx");
 const SUCCESS_RATE: Evidence = Effect(OUTLIER, "success_rate_ejects_the_endpoint_far_below_the_others");
 const HEADER_OPS: Evidence = Effect(E2E, "route_header_operations_set_add_and_remove_request_and_response_headers");
-const HASH: Evidence = Effect(E2E, "hash_policy_keeps_a_key_on_one_endpoint_and_sets_the_cookie");
+const HASH: Evidence = Effect(BALANCING, "hash_policy_keeps_a_key_on_one_endpoint_and_sets_the_cookie");
 const HASH_COMPILE: Evidence = Effect(TRANSLATE, "hash_balancers_compile_their_table_sizes_and_refuse_bad_ones");
-const RETIRE: Evidence = Effect(E2E, "upstream_connections_are_retired_after_max_requests_or_max_duration");
-const KEEPALIVE: Evidence = Effect(E2E, "upstream_tcp_keepalive_is_set_on_upstream_sockets");
-const MSD: Evidence = Effect(E2E, "max_stream_duration_and_grpc_timeout_bound_the_whole_exchange");
-const HC: Evidence = Effect(E2E, "active_health_checks_take_failing_endpoints_out_and_bring_them_back");
+const RETIRE: Evidence = Effect(TIMEOUTS, "upstream_connections_are_retired_after_max_requests_or_max_duration");
+const KEEPALIVE: Evidence = Effect(TIMEOUTS, "upstream_tcp_keepalive_is_set_on_upstream_sockets");
+const MSD: Evidence = Effect(TIMEOUTS, "max_stream_duration_and_grpc_timeout_bound_the_whole_exchange");
+const HC: Evidence = Effect(BALANCING, "active_health_checks_take_failing_endpoints_out_and_bring_them_back");
 const HC_COMPILE: Evidence =
     Effect(TRANSLATE, "health_checks_compile_with_envoys_default_status_and_refuse_what_is_missing");
 const SOCKET: Evidence = Effect("proxy/src/upstream/pool.rs", "tcp_keepalive_options_are_set_on_the_socket");
@@ -133,11 +135,11 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
     // Stream idle timeouts.
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.stream_idle_timeout",
-        Effect(E2E, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
+        Effect(TIMEOUTS, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
     ),
     (
         "envoy.config.route.v3.RouteAction.idle_timeout",
-        Effect(E2E, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
+        Effect(TIMEOUTS, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
     ),
     ("envoy.config.route.v3.RouteAction.max_stream_duration", MSD),
     ("envoy.config.route.v3.RouteAction.MaxStreamDuration.max_stream_duration", MSD),

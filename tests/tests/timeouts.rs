@@ -167,3 +167,38 @@ async fn max_stream_duration_and_grpc_timeout_bound_the_whole_exchange() {
     assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("first,"), "{got:?}");
     p.access_log("the cut body", |l| l["path"] == "/stall" && l["response_flags"] == "UMSDR").await;
 }
+
+#[tokio::test]
+async fn request_timeout_answers_408_to_a_body_that_does_not_arrive_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Faulty::start("app");
+    app.set_delay(1_000);
+    let mut l = http_listener("http", json!([vhost("all", &["*"], json!([route("/", "app")]))]));
+    l["filter_chains"][0]["filters"][0]["typed_config"]["request_timeout"] = json!("0.4s");
+    let p = Proxy::start(&bootstrap(vec![l], vec![cluster("app", &[app.addr])]));
+    // A whole body in time: the slow answer (1 s, past the 0.4 s) is not cut.
+    let body = bytes::Bytes::from_static(b"0123456789");
+    let r =
+        outrigger_tests::client::send_h1(p.addr("http"), outrigger_tests::client::request("POST", "x", "/", &[], body))
+            .await;
+    assert_eq!(r.status.as_u16(), 200);
+    // Three bytes of ten, then nothing: 408.
+    let mut s = tokio::net::TcpStream::connect(p.addr("http")).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n012").await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(15).any(|w| w == b"request timeout") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408") && text.ends_with("request timeout"), "{text:?}");
+}

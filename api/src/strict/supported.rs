@@ -81,6 +81,7 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "preserve_external_request_id",
             "request_headers_timeout",
             "stream_idle_timeout",
+            "request_timeout",
             "max_request_headers_kb",
             "upgrade_configs",
             "access_log",

@@ -116,6 +116,8 @@ pub struct HttpConnManagerConfig {
     /// `common_http_protocol_options.max_connection_duration`: drained after that long.
     pub max_connection_duration: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
+    /// `request_timeout`: the whole request (body included) must arrive within it.
+    pub request_timeout: Option<Duration>,
     /// `stream_idle_timeout` (Envoy's 5 min when unset; None: `0s`, disabled).
     pub stream_idle_timeout: Option<Duration>,
     /// `stream_idle_timeout` was set: the response body relay is watched too (a timer per

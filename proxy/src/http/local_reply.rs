@@ -41,6 +41,8 @@ pub enum Flag {
     StreamIdleTimeout,
     /// UMSDR: the route's maximum stream duration was reached.
     MaxStreamDuration,
+    /// The whole request did not arrive within `request_timeout` (Envoy logs no flag for it).
+    RequestTimeout,
 }
 
 impl Flag {
@@ -64,6 +66,7 @@ impl Flag {
             Flag::RetryLimitExceeded => "URX",
             Flag::StreamIdleTimeout => "SI",
             Flag::MaxStreamDuration => "UMSDR",
+            Flag::RequestTimeout => "-",
         }
     }
 
@@ -77,6 +80,7 @@ impl Flag {
             Flag::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
             Flag::StreamIdleTimeout => (StatusCode::REQUEST_TIMEOUT, "stream timeout"),
             Flag::MaxStreamDuration => (StatusCode::REQUEST_TIMEOUT, "upstream max stream duration reached"),
+            Flag::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout"),
             Flag::NoRoute => (StatusCode::NOT_FOUND, ""),
             Flag::NoHealthyUpstream => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
             Flag::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, ""),

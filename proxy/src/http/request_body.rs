@@ -85,6 +85,20 @@ impl Tee {
         Some(RequestBody::Attempt { tee: self.clone(), attempt: s.current, pos: 0 })
     }
 
+    /// Resolves once the downstream body has been read to its end (or has failed).
+    pub async fn finished(&self) {
+        let rx = {
+            let mut s = self.lock();
+            if s.ended || s.failed {
+                return;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            s.waiting.push(tx);
+            rx
+        };
+        let _ = rx.await;
+    }
+
     /// Whether another attempt could be made now.
     pub fn replayable(&self) -> bool {
         let s = self.lock();

@@ -202,6 +202,7 @@ async fn proxy(
     held: &mut filters::Held,
 ) -> Result<Response<ProxyBody>, Flag> {
     let cfg = &ctx.hcm.config;
+    let started = tokio::time::Instant::now();
     let Some(host) = host_of(&req).map(str::to_string) else {
         return Ok(local_reply::response(StatusCode::BAD_REQUEST, "missing host header"));
     };
@@ -318,7 +319,8 @@ async fn proxy(
     let (parts, body) = req.into_parts();
     let body = if body.is_end_stream() {
         BodySource::Empty
-    } else if action.retry.is_some() || !action.mirrors.is_empty() {
+    } else if action.retry.is_some() || !action.mirrors.is_empty() || cfg.request_timeout.is_some() {
+        // Kept for a retry or a shadow, or watched for its end (request_timeout).
         BodySource::Tee(Tee::new(body, action.buffer_limit))
     } else {
         BodySource::Once(Some(body))
@@ -362,11 +364,25 @@ async fn proxy(
         None => action.max_stream_duration,
     };
     let stream_deadline = max_duration.map(|d| tokio::time::Instant::now() + d);
+    // request_timeout: the whole request must have arrived by then (or the answer have begun).
+    let upload = match (&out.body, cfg.request_timeout) {
+        (BodySource::Tee(t), Some(rt)) => Some((t.clone(), started + rt)),
+        _ => None,
+    };
     let sending = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash, asked);
     let sending = async {
         match stream_deadline {
             Some(at) => tokio::time::timeout_at(at, sending).await.map_err(|_| Flag::MaxStreamDuration),
             None => Ok(sending.await),
+        }
+    };
+    let sending = async {
+        match upload {
+            Some((tee, at)) => tokio::select! {
+                r = sending => r,
+                _ = overdue(&tee, at) => Err(Flag::RequestTimeout),
+            },
+            None => sending.await,
         }
     };
     let sent = match idle.filter(|i| no_body && action.timeout.is_none_or(|t| *i < t)) {
@@ -416,6 +432,14 @@ async fn proxy(
     }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::Upstream { body, done: Some(done) }))
+}
+
+/// Resolves at `at` unless the body has been read to its end by then (then never).
+async fn overdue(tee: &Tee, at: tokio::time::Instant) {
+    tokio::select! {
+        _ = tee.finished() => std::future::pending().await,
+        _ = tokio::time::sleep_until(at) => {}
+    }
 }
 
 /// prefix_rewrite and host_rewrite_literal.

@@ -135,6 +135,7 @@ pub(crate) fn translate_hcm(ctx: &Ctx, h: &HttpConnectionManager) -> Result<Http
         max_connection_duration: duration(&common.max_connection_duration).filter(|d| !d.is_zero()),
         request_headers_timeout: duration(&h.request_headers_timeout).filter(|d| !d.is_zero()),
         respect_expected_rq_timeout,
+        request_timeout: duration(&h.request_timeout).filter(|d| !d.is_zero()),
         stream_idle_explicit: h.stream_idle_timeout.is_some(),
         stream_idle_timeout: match &h.stream_idle_timeout {
             None => Some(std::time::Duration::from_secs(300)),

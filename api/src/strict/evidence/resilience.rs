@@ -138,6 +138,10 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
         Effect(TIMEOUTS, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
     ),
     (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.request_timeout",
+        Effect(TIMEOUTS, "request_timeout_answers_408_to_a_body_that_does_not_arrive_in_time"),
+    ),
+    (
         "envoy.config.route.v3.RouteAction.idle_timeout",
         Effect(TIMEOUTS, "stream_idle_timeout_answers_408_while_waiting_and_cuts_a_stalled_body"),
     ),

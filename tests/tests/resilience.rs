@@ -197,6 +197,24 @@ async fn per_try_timeout_moves_a_slow_attempt_to_another_endpoint() {
 }
 
 #[tokio::test]
+async fn per_try_idle_timeout_moves_an_attempt_that_gets_no_answer() {
+    let (slow, fast) = (Faulty::start("slow"), Faulty::start("fast"));
+    slow.set_delay(5_000);
+    let mut policy = retry("reset", 1);
+    policy["per_try_idle_timeout"] = json!("0.3s");
+    let cfg = bootstrap_with(
+        json!([route_with("/", "app", json!({"retry_policy": policy}))]),
+        vec![cluster("app", &[slow.addr, fast.addr])],
+    );
+    let p = Proxy::start(&cfg);
+    for _ in 0..2 {
+        let r = p.get("/", &[]).await;
+        assert_eq!((r.status.as_u16(), r.header("x-backend")), (200, Some("fast")));
+    }
+    assert_eq!(slow.requests(), 2);
+}
+
+#[tokio::test]
 async fn request_body_is_replayed_on_retry_within_the_buffer_limit_and_not_past_it() {
     let app = Faulty::start("app");
     let mut small = route_with("/small", "app", json!({"retry_policy": retry("5xx", 1)}));

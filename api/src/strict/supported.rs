@@ -200,6 +200,7 @@ pub(super) const SUPPORTED: &[(&str, &[&str])] = &[
             "retriable_status_codes",
             "retry_back_off",
             "retriable_headers",
+            "per_try_idle_timeout",
         ],
     ),
     ("envoy.config.route.v3.RetryPolicy.RetryHostPredicate", &["name", "typed_config"]),

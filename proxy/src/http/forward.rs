@@ -170,7 +170,15 @@ pub async fn forward(
     let mut up = Upstream { cluster, action, wire, out, original_dst, hash, tried: Vec::new(), retries: 0 };
     let policy = action.retry.as_deref();
     let timeout = asked.global.unwrap_or(action.timeout);
-    let o = retry::run(policy, timeout, asked.per_try, &mut up).await;
+    // per_try_idle_timeout: with no request body to send, an attempt waiting for its answer is
+    // idle, so it bounds the attempt as a per-try timeout does.
+    let idle =
+        policy.and_then(|p| p.per_try_idle_timeout).filter(|_| matches!(up.out.body, upstream::BodySource::Empty));
+    let per_try = match (asked.per_try.or(policy.and_then(|p| p.per_try_timeout)), idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let o = retry::run(policy, timeout, per_try, &mut up).await;
     let stats = &cluster.stats;
     stats.rq_per_try_timeout.add(o.per_try_timeouts as u64);
     if matches!(o.result, Err(Flag::UpstreamTimeout)) {

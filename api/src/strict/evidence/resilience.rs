@@ -66,6 +66,10 @@ pub(super) const EVIDENCE: &[(&str, Evidence)] = &[
         Effect(E2E, "per_try_timeout_moves_a_slow_attempt_to_another_endpoint"),
     ),
     ("envoy.config.route.v3.RetryPolicy.retry_host_predicate", RETRIES),
+    (
+        "envoy.config.route.v3.RetryPolicy.per_try_idle_timeout",
+        Effect(E2E, "per_try_idle_timeout_moves_an_attempt_that_gets_no_answer"),
+    ),
     ("envoy.config.route.v3.RetryPolicy.host_selection_retry_max_attempts", RETRIES),
     ("envoy.config.route.v3.RetryPolicy.retriable_status_codes", RETRIES),
     ("envoy.config.route.v3.RetryPolicy.retry_back_off", RETRY_COMPILE),

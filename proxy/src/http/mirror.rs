@@ -31,7 +31,7 @@ impl Drop for Slot {
 }
 
 /// What a shadow copies of the primary request.
-pub struct Copy<'a> {
+pub struct Original<'a> {
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub version: Version,
@@ -47,7 +47,7 @@ pub fn sampled(m: &Mirror) -> bool {
 }
 
 /// Starts the shadow of `req` to `cluster`.
-pub fn spawn(m: &Mirror, cluster: Arc<Cluster>, wire: Wire, req: Copy<'_>, timeout: Option<Duration>) {
+pub fn spawn(m: &Mirror, cluster: Arc<Cluster>, wire: Wire, req: Original<'_>, timeout: Option<Duration>) {
     let stats = cluster.stats.clone();
     if IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);

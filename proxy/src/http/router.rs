@@ -327,7 +327,7 @@ async fn proxy(
     };
     for m in action.mirrors.iter() {
         let Some(shadow) = snap.clusters.get(m.cluster.as_str()).filter(|_| mirror::sampled(m)) else { continue };
-        let copy = mirror::Copy {
+        let original = mirror::Original {
             method: &parts.method,
             uri: &parts.uri,
             version: parts.version,
@@ -339,7 +339,7 @@ async fn proxy(
             },
         };
         let shadow_wire = if shadow.config.protocol == UpstreamProtocol::Http2 { Wire::Http2 } else { Wire::Http1 };
-        mirror::spawn(m, shadow.clone(), shadow_wire, copy, action.timeout);
+        mirror::spawn(m, shadow.clone(), shadow_wire, original, action.timeout);
     }
     let (hash, new_cookie) = if action.hash_policy.is_empty() {
         (None, None)

@@ -111,5 +111,5 @@ async fn probe(cluster: &Cluster, ep: &Endpoint, hc: &HealthCheck) -> bool {
     }
 }
 
-/// The interval a check waits for a reply: also bounds how long `round` takes.
+/// Envoy's `no_traffic_interval` when unset: how often a cluster without requests is checked.
 pub const DEFAULT_NO_TRAFFIC_INTERVAL: Duration = Duration::from_secs(60);

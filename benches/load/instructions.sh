@@ -23,22 +23,7 @@ BACKEND_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1"
 PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 # Backend: answers every request head with a fixed 200 (requests carry no body).
-python3 - "$BACKEND_PORT" <<'PY' &
-import socket, sys, threading
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(64)
-def serve(c):
-    buf = b""
-    while True:
-        d = c.recv(65536)
-        if not d: return
-        buf += d
-        while b"\r\n\r\n" in buf:
-            _, buf = buf.split(b"\r\n\r\n", 1)
-            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-while True:
-    c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
+python3 "$(dirname "$0")/backend.py" "$BACKEND_PORT" &
 
 ROUTE_EXTRA=""
 CLUSTER_EXTRA=""

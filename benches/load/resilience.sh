@@ -26,32 +26,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND_PORT=$(port); SHADOW_PORT=$(port); PROXY_PORT=$(port)
 
-# A fixed-answer backend and a shadow that answers every request after 1 s (a thread each).
-serve() {
-  python3 - "$1" "$2" <<'PY' &
-import socket, sys, threading, time
-port, delay = int(sys.argv[1]), float(sys.argv[2])
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", port)); srv.listen(4096)
-def serve(c):
-    buf = b""
-    try:
-        while True:
-            d = c.recv(65536)
-            if not d: return
-            buf += d
-            while b"\r\n\r\n" in buf:
-                _, buf = buf.split(b"\r\n\r\n", 1)
-                if delay: time.sleep(delay)
-                c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-    except OSError:
-        pass
-while True:
-    c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
-}
-serve "$BACKEND_PORT" 0
-serve "$SHADOW_PORT" 1
+# A fixed-answer backend and a shadow that answers every request after 1 s.
+python3 "$HERE/backend.py" "$BACKEND_PORT" &
+python3 "$HERE/backend.py" "$SHADOW_PORT" 1 &
 
 cluster() {
   cat <<YAML

@@ -369,11 +369,14 @@ async fn proxy(
         (BodySource::Tee(t), Some(rt)) => Some((t.clone(), started + rt)),
         _ => None,
     };
-    let sending = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash, asked);
+    // Pinned where it is: the wrappers below hold a pointer to it, so its (large) state is not
+    // copied into each of them.
+    let forwarding = forward::forward(cluster, action, wire, &mut out, ctx.original_dst, hash, asked);
+    tokio::pin!(forwarding);
     let sending = async {
         match stream_deadline {
-            Some(at) => tokio::time::timeout_at(at, sending).await.map_err(|_| Flag::MaxStreamDuration),
-            None => Ok(sending.await),
+            Some(at) => tokio::time::timeout_at(at, forwarding.as_mut()).await.map_err(|_| Flag::MaxStreamDuration),
+            None => Ok(forwarding.as_mut().await),
         }
     };
     let sending = async {

@@ -132,8 +132,7 @@ fn eject(cluster: &Cluster, ep: &Endpoint, od: &OutlierDetection, why: Reason, e
         return;
     }
     let n = ep.health.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-    let cap = od.max_ejection_time.max(od.base_ejection_time);
-    let time = od.base_ejection_time.saturating_mul(n).min(cap);
+    let time = ejection_time(od, n);
     let until = now_ms() + time.as_millis() as u64;
     if ep.health.ejected_until.compare_exchange(0, until, Ordering::Relaxed, Ordering::Relaxed).is_err() {
         return;
@@ -149,6 +148,13 @@ fn eject(cluster: &Cluster, ep: &Endpoint, od: &OutlierDetection, why: Reason, e
     }
     tracing::info!(cluster = %cluster.name, endpoint = %ep.addr, ejections = n, seconds = time.as_secs_f64(), "endpoint ejected");
     cluster.membership_changed();
+}
+
+/// How long the `n`-th ejection lasts: `base_ejection_time` × n, capped by `max_ejection_time`
+/// (or the base, if that is longer).
+fn ejection_time(od: &OutlierDetection, n: u32) -> Duration {
+    let cap = od.max_ejection_time.max(od.base_ejection_time);
+    od.base_ejection_time.saturating_mul(n).min(cap)
 }
 
 /// Starts the interval task of a cluster; it ends when the cluster is dropped.
@@ -322,14 +328,14 @@ mod tests {
         let c = cluster("od-time", 2, od.clone());
         let eps = c.endpoints.load_full();
         let ep = &eps.list[0];
-        let mut lengths = Vec::new();
-        for _ in 0..3 {
-            let before = now_ms();
+        for n in 1..=3 {
             report(&c, ep, Outcome::Status(500));
-            lengths.push((ep.health.ejected_until.load(Ordering::Relaxed) - before + 500) / 1000);
+            assert!(ep.health.is_ejected());
+            assert_eq!(ep.health.ejection_count(), n);
             // Returned by hand, as the interval would once the time is up.
             ep.health.ejected_until.store(0, Ordering::Relaxed);
         }
+        let lengths: Vec<u64> = (1..=3).map(|n| ejection_time(&od, n).as_secs()).collect();
         assert_eq!(lengths, [10, 20, 25]);
     }
 
